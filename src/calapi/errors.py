@@ -1,0 +1,17 @@
+"""The one exception family of calops: expected failures with a one-sentence message."""
+
+
+class CalopsError(Exception):
+    """An expected failure; ``str(exc)`` says what failed and what to do about it."""
+
+
+class ConfigError(CalopsError):
+    """The training configuration is missing or invalid."""
+
+
+class DataError(CalopsError):
+    """A data file is missing, has a missing column or holds an impossible value."""
+
+
+class ModelError(CalopsError):
+    """No model, or a model that cannot be loaded or used."""

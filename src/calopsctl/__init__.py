@@ -1,0 +1,1 @@
+"""calopsctl: the ``calops`` command line."""

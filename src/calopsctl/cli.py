@@ -1,0 +1,60 @@
+"""The ``calops`` application: assembles commands from their modules, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from calapi import __version__
+from calopsctl.commands import model, stack, traffic
+from calopsctl.console import expected_failures
+
+app = typer.Typer(
+    name="calops",
+    help=(
+        "Operate a calorie-expenditure model like production: train and track it in MLflow, "
+        "serve it with Prometheus metrics, run Prometheus, Grafana and MLflow beside it, "
+        "and stream traffic with delayed ground truth.\n\n"
+        "Start with [bold]calops up[/] (trains a model if none exists), then "
+        "[bold]calops simulate[/] and open Grafana."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"calops {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", help="Show the version and exit.", callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Operate the calorie-expenditure model stack."""
+
+
+def _register(function: Callable[..., Any], name: str, panel: str) -> None:
+    app.command(name, rich_help_panel=panel)(expected_failures(function))
+
+
+_register(stack.up, "up", "Stack")
+_register(stack.down, "down", "Stack")
+_register(stack.health, "health", "Stack")
+_register(stack.info, "info", "Stack")
+_register(stack.logs, "logs", "Stack")
+_register(model.train, "train", "Model")
+_register(model.serve, "serve", "Model")
+_register(traffic.simulate, "simulate", "Traffic")

@@ -1,0 +1,16 @@
+"""Model commands: train, serve."""
+
+from __future__ import annotations
+
+from calapi.errors import CalopsError
+
+
+def train() -> None:
+    """Not built yet."""
+    raise CalopsError("`calops train` is not built yet.")
+
+
+def serve() -> None:
+    """Not built yet."""
+    raise CalopsError("`calops serve` is not built yet.")
+
