@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from calapi import __version__
-from calopsctl.commands import model, stack, traffic
+from calopsctl.commands import model, serving, stack, traffic
 from calopsctl.console import expected_failures
 
 app = typer.Typer(
@@ -56,5 +56,5 @@ _register(stack.health, "health", "Stack")
 _register(stack.info, "info", "Stack")
 _register(stack.logs, "logs", "Stack")
 _register(model.train, "train", "Model")
-_register(model.serve, "serve", "Model")
+_register(serving.serve, "serve", "Model")
 _register(traffic.simulate, "simulate", "Traffic")

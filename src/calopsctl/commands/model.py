@@ -1,4 +1,4 @@
-"""Model commands: train, serve."""
+"""Model commands: train."""
 
 from __future__ import annotations
 
@@ -8,9 +8,3 @@ from calapi.errors import CalopsError
 def train() -> None:
     """Not built yet."""
     raise CalopsError("`calops train` is not built yet.")
-
-
-def serve() -> None:
-    """Not built yet."""
-    raise CalopsError("`calops serve` is not built yet.")
-

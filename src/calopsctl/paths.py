@@ -1,0 +1,25 @@
+"""Where calops keeps things: the stack files it ships and the per-project state folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The state folder (``CALOPS_HOME``, default ``./.calops``): stack state, logs, secrets."""
+    return Path(os.environ.get("CALOPS_HOME", ".calops")).resolve()
+
+
+def stack_dir() -> Path:
+    """The stack files: the copy inside the wheel, else the checkout's ``stack/`` folder."""
+    packaged = Path(__file__).with_name("_stack")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "stack"
+
+
+def source_root() -> Path | None:
+    """The checkout this package runs from (needed to build the API image), if any."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else None

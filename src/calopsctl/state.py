@@ -1,0 +1,62 @@
+"""The running stack's record (``<home>/stack.json``), shared by every command.
+
+``calops up`` writes it, ``calops down`` removes it; ``train``, ``simulate``, ``health`` and
+``info`` read it to find the stack's URLs without being told.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calopsctl.paths import home
+
+SERVICES = ("api", "prometheus", "grafana", "mlflow")
+DEFAULT_PORTS = {"api": 8000, "prometheus": 9090, "grafana": 3000, "mlflow": 5000}
+
+
+@dataclass
+class StackState:
+    """What ``calops up`` started and where to find it."""
+
+    runtime: str  # "docker" | "local"
+    ports: dict[str, int]
+    project: str = "calops"
+    started: str = ""
+    services: list[str] = field(default_factory=lambda: list(SERVICES))
+    pids: dict[str, int] = field(default_factory=dict)  # local runtime only
+    logs: str = ""  # folder of per-service logs (local) or "" (docker: `calops logs`)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, service: str) -> str:
+        """Loopback URL of a service, e.g. ``http://127.0.0.1:8000``."""
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+
+def state_path() -> Path:
+    return home() / "stack.json"
+
+
+def load_state() -> StackState | None:
+    """The recorded stack, or None when nothing was brought up from this folder."""
+    try:
+        raw = json.loads(state_path().read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return StackState(**raw)
+
+
+def save_state(state: StackState) -> None:
+    """Write the record atomically."""
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def clear_state() -> None:
+    state_path().unlink(missing_ok=True)
