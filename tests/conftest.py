@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import api_argv, free_port, running
 
 from calapi.config import TrainConfig
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def small_config(output_dir: Path, *, rows: int = 3000, max_iter: int = 60) -> TrainConfig:
@@ -46,3 +39,16 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("CALOPS_HOME", str(tmp_path / ".calops"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def live_api(
+    trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The real API under uvicorn on a free loopback port, serving the trained model."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("api-log") / "api.log"
+    env = {"CALOPS_MODEL": str(trained_model_dir)}
+    url = f"http://127.0.0.1:{port}"
+    with running(api_argv(port), ready_url=f"{url}/readyz", env=env, log=log):
+        yield url

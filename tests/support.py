@@ -1,0 +1,90 @@
+"""Helpers for tests that run real processes on loopback (import as ``support``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, *, timeout: float = 30.0, ok: Sequence[int] = (200,)) -> httpx.Response:
+    """Poll ``url`` until it answers one of ``ok``; raise TimeoutError with the last answer."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code in ok:
+                return response
+            last = response.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer {list(ok)} within {timeout}s (last: {last!r})")
+
+
+@contextmanager
+def running(
+    argv: Sequence[str],
+    *,
+    ready_url: str,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 60.0,
+    ready_ok: Sequence[int] = (200,),
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` in its own process group until the block ends; wait for ``ready_url``."""
+    sink = log.open("wb") if log else subprocess.DEVNULL
+    process = subprocess.Popen(
+        list(argv),
+        env={**os.environ, **(env or {})},
+        stdout=sink,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        try:
+            wait_http(ready_url, timeout=timeout, ok=ready_ok)
+        except TimeoutError:
+            tail = log.read_text(errors="replace")[-3000:] if log else ""
+            raise TimeoutError(f"{argv[0]} never became ready at {ready_url}\n{tail}") from None
+        yield process
+    finally:
+        stop(process)
+        if log:
+            sink.close()  # type: ignore[union-attr]
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
+
+
+def api_argv(port: int) -> list[str]:
+    """The command that serves calapi under uvicorn on 127.0.0.1:``port``."""
+    return [
+        sys.executable, "-m", "uvicorn", "--factory", "calapi.app:create_app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]
