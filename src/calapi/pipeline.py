@@ -1,0 +1,70 @@
+"""The model: feature engineering plus gradient boosting on log1p(Calories).
+
+Everything here is importable by reference (``calapi.pipeline.CalorieFeatures``), so a
+pickled model loads wherever calops is installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.pipeline import Pipeline
+
+from calapi.config import ModelConfig
+from calapi.data import raw_matrix
+from calapi.features import ENGINEERED_FEATURES, FEATURES, FloatArray, engineer
+
+
+def to_raw_matrix(frame: pd.DataFrame) -> FloatArray:
+    """Rows of a DataFrame with the ``FEATURES`` columns as a float64 matrix (Sex 1.0/0.0)."""
+    return raw_matrix(frame)
+
+
+class CalorieFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Turns raw rows (DataFrame with Sex strings, or a FEATURES-ordered matrix) into model input.
+
+    Stateless: ``fit`` learns nothing, so the same transform serves training and inference.
+    """
+
+    def fit(self, X: Any, y: Any = None) -> Self:  # noqa: N803 - scikit-learn's signature
+        """Nothing to learn; present for the scikit-learn API."""
+        return self
+
+    def transform(self, X: Any) -> FloatArray:  # noqa: N803 - scikit-learn's signature
+        """Return ``features.engineer`` of the raw rows."""
+        if isinstance(X, pd.DataFrame):
+            return engineer(to_raw_matrix(X))
+        raw = np.asarray(X, dtype=np.float64)
+        if raw.ndim != 2 or raw.shape[1] != len(FEATURES):
+            raise ValueError(
+                f"expected a matrix with {len(FEATURES)} columns laid out as {FEATURES}, "
+                f"got shape {raw.shape}"
+            )
+        return engineer(raw)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the engineered columns."""
+        return np.asarray(ENGINEERED_FEATURES, dtype=object)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+def build_model(model_config: ModelConfig) -> TransformedTargetRegressor:
+    """An unfitted estimator: CalorieFeatures -> HistGradientBoosting, fitted on log1p(kcal).
+
+    The log target makes squared error on it the RMSLE the task is scored by.
+    """
+    params = {**model_config.params, "random_state": model_config.random_state}
+    gbm = HistGradientBoostingRegressor(**params)
+    pipeline = Pipeline([("features", CalorieFeatures()), ("gbm", gbm)])
+    return TransformedTargetRegressor(
+        regressor=pipeline, func=np.log1p, inverse_func=np.expm1, check_inverse=False
+    )

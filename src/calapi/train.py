@@ -1,0 +1,350 @@
+"""The trainer: load data, fit, evaluate, and write model, metrics and model card atomically.
+
+Run it as ``python -m calapi.train --config config.yaml [--no-holdout] [--data PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any, Final
+
+import joblib
+import numpy as np
+import pandas as pd
+
+import calapi
+from calapi.config import HoldoutConfig, TrainConfig, default_config_path, load_config
+from calapi.data import LoadedData, load_training_data
+from calapi.errors import CalopsError, DataError
+from calapi.features import FEATURES, NUMERIC_FEATURES, TARGET, UNITS, FloatArray
+from calapi.pipeline import build_model
+
+Progress = Callable[[str], None]
+
+CARD_SCHEMA_VERSION: Final = 1
+DECILES: Final = np.linspace(0.1, 0.9, 9)
+BINNING: Final = (
+    "Each reference entry holds the inner bin edges (training-data deciles, duplicates "
+    "dropped) and the fraction of training rows per bin; the first and last bins are "
+    "open-ended, so fractions has len(edges) + 1 entries: (-inf, e0), [e0, e1), ..., [e_last, inf)."
+)
+ESTIMATOR_TYPE: Final = (
+    "TransformedTargetRegressor(log1p/expm1) over "
+    "Pipeline(features=CalorieFeatures, gbm=HistGradientBoostingRegressor)"
+)
+VERSIONED_PACKAGES: Final = ("scikit-learn", "numpy", "pandas", "joblib")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the artifacts went and what they say."""
+
+    output_dir: Path
+    model_path: Path
+    metrics_path: Path
+    card_path: Path
+    metrics: dict[str, Any]
+    card: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Split:
+    train: pd.DataFrame
+    evaluation: pd.DataFrame
+    holdout: bool
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    model: Any
+    metrics: dict[str, Any]
+    loaded: LoadedData
+    split: _Split
+    train_predictions: FloatArray
+
+
+def run(
+    config: TrainConfig,
+    *,
+    data: LoadedData | str | Path | None = None,
+    holdout: bool | None = None,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train per ``config`` and write model, metrics and card; ``data``/``holdout`` override it."""
+    say = progress or _quiet
+    say("Loading data")
+    loaded = _load(config, data)
+    split = _split(
+        loaded.frame, config.holdout, config.holdout.enabled if holdout is None else holdout
+    )
+    say(f"Fitting on {len(split.train)} rows")
+    model = build_model(config.model)
+    started = time.perf_counter()
+    model.fit(split.train[list(FEATURES)], split.train[TARGET].to_numpy(dtype=np.float64))
+    fit_seconds = time.perf_counter() - started
+    say("Evaluating")
+    metrics = _metrics(model, split, fit_seconds)
+    train_predictions = model.predict(split.train[list(FEATURES)])
+    say("Writing artifacts")
+    return _write_artifacts(config, _Fitted(model, metrics, loaded, split, train_predictions))
+
+
+def regression_metrics(truth: FloatArray, predicted: FloatArray) -> dict[str, float]:
+    """RMSLE (negative predictions count as 0), RMSE, MAE and R² in kcal."""
+    truth = np.asarray(truth, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    error = predicted - truth
+    log_error = np.log1p(np.clip(predicted, 0.0, None)) - np.log1p(np.clip(truth, 0.0, None))
+    spread = float(np.sum((truth - truth.mean()) ** 2))
+    return {
+        "rmsle": float(np.sqrt(np.mean(log_error**2))),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": float(np.mean(np.abs(error))),
+        "r2": 1.0 - float(np.sum(error**2)) / spread if spread > 0 else float("nan"),
+    }
+
+
+def _quiet(_message: str) -> None:
+    return None
+
+
+def _load(config: TrainConfig, data: LoadedData | str | Path | None) -> LoadedData:
+    if isinstance(data, LoadedData):
+        return data
+    return load_training_data(
+        config.data.source if data is None else data,
+        synthetic_rows=config.data.synthetic_rows,
+        synthetic_seed=config.data.synthetic_seed,
+    )
+
+
+def _split(frame: pd.DataFrame, settings: HoldoutConfig, enabled: bool) -> _Split:
+    frame = frame.reset_index(drop=True)
+    if len(frame) < 2:
+        raise DataError(f"Training needs at least 2 rows, got {len(frame)}; pass more data.")
+    if not enabled:
+        return _Split(frame, frame, holdout=False)
+    order = np.random.default_rng(settings.seed).permutation(len(frame))
+    n_holdout = min(max(1, round(settings.fraction * len(frame))), len(frame) - 1)
+    evaluation, train = order[:n_holdout], order[n_holdout:]
+    return _Split(frame.iloc[train], frame.iloc[evaluation], holdout=True)
+
+
+def _metrics(model: Any, split: _Split, fit_seconds: float) -> dict[str, Any]:
+    predicted = model.predict(split.evaluation[list(FEATURES)])
+    return {
+        **regression_metrics(split.evaluation[TARGET].to_numpy(dtype=np.float64), predicted),
+        "n_train": len(split.train),
+        "n_holdout": len(split.evaluation) if split.holdout else 0,
+        "fit_seconds": round(fit_seconds, 3),
+        "evaluated_on": "holdout" if split.holdout else "train",
+    }
+
+
+# ---------------------------------------------------------------------------- the card
+
+
+def build_card(config: TrainConfig, fitted: _Fitted, sha256: str) -> dict[str, Any]:
+    """The model card: what the API needs to describe the model and watch for drift."""
+    train, metrics, loaded = fitted.split.train, fitted.metrics, fitted.loaded
+    return {
+        "schema_version": CARD_SCHEMA_VERSION,
+        "name": config.model.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_file": config.outputs.model,
+        "sha256": sha256,
+        "features": list(FEATURES),
+        "target": TARGET,
+        "units": dict(UNITS),
+        "training_ranges": {
+            name: {"min": float(train[name].min()), "max": float(train[name].max())}
+            for name in NUMERIC_FEATURES
+        },
+        "categories": {"Sex": ["female", "male"]},
+        "reference": _reference(train, fitted.train_predictions),
+        "reference_binning": BINNING,
+        "metrics": metrics,
+        "data": {"source": loaded.source, "synthetic": loaded.synthetic, "rows": len(loaded.frame)},
+        "estimator": _estimator(fitted.model),
+        "versions": _versions(),
+        "holdout": {
+            "enabled": fitted.split.holdout,
+            "fraction": config.holdout.fraction if fitted.split.holdout else 0.0,
+            "seed": config.holdout.seed,
+            "n_holdout": metrics["n_holdout"],
+            "evaluated_on": metrics["evaluated_on"],
+        },
+    }
+
+
+def distribution(values: FloatArray) -> dict[str, list[float]]:
+    """Decile inner edges of ``values`` and the fraction of values in each open-ended bin."""
+    values = np.asarray(values, dtype=np.float64)
+    edges = np.unique(np.quantile(values, DECILES))
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    fractions = counts / max(len(values), 1)
+    return {"edges": [float(e) for e in edges], "fractions": [float(f) for f in fractions]}
+
+
+def _reference(train: pd.DataFrame, predictions: FloatArray) -> dict[str, Any]:
+    reference: dict[str, Any] = {
+        name: distribution(train[name].to_numpy(dtype=np.float64)) for name in NUMERIC_FEATURES
+    }
+    reference["prediction"] = distribution(predictions)
+    male = float((train["Sex"] == "male").mean())
+    reference["Sex"] = {"male": male, "female": 1.0 - male}
+    return reference
+
+
+def _estimator(model: Any) -> dict[str, Any]:
+    gbm = model.regressor_.named_steps["gbm"]
+    params = {k: v for k, v in gbm.get_params().items() if _is_json_scalar(v)}
+    return {"type": ESTIMATOR_TYPE, "params": params, "n_iter": int(gbm.n_iter_)}
+
+
+def _is_json_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "calapi": calapi.__version__}
+    for package in VERSIONED_PACKAGES:
+        versions[package] = metadata.version(package)
+    return versions
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def output_dir(config: TrainConfig) -> Path:
+    """The artifacts folder; a relative ``outputs.dir`` is taken from the working directory."""
+    return (Path.cwd() / config.outputs.dir).resolve()
+
+
+def _write_artifacts(config: TrainConfig, fitted: _Fitted) -> TrainResult:
+    folder = output_dir(config)
+    model_path = folder / config.outputs.model
+    metrics_path = folder / config.outputs.metrics
+    card_path = folder / config.outputs.card
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _staged(folder, (model_path, metrics_path, card_path)) as temps:
+            with temps[0].open("wb") as handle:
+                joblib.dump(fitted.model, handle)
+                _sync(handle)
+            sha256 = file_sha256(temps[0])
+            card = build_card(config, fitted, sha256)
+            _write_json(temps[1], fitted.metrics)
+            _write_json(temps[2], card)
+    except OSError as exc:
+        raise CalopsError(
+            f"Could not write the model to {folder} ({exc.strerror or exc}); "
+            "choose a writable outputs.dir."
+        ) from None
+    return TrainResult(folder, model_path, metrics_path, card_path, fitted.metrics, card)
+
+
+@contextmanager
+def _staged(folder: Path, finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """Yield temp files beside ``finals``; on success move each into place, card last.
+
+    Every file is complete before the first move, so a failure anywhere leaves the
+    previous set untouched and no temp behind. Temps live in the same folder, which makes
+    ``os.replace`` an atomic rename.
+    """
+    temps: list[Path] = []
+    try:
+        for final in finals:
+            handle, name = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
+            os.close(handle)
+            temps.append(Path(name))
+        yield temps
+        for temp, final in zip(temps, finals, strict=True):
+            # mkstemp makes owner-only files; the API may run as another user (a container).
+            temp.chmod(0o644)
+            os.replace(temp, final)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, allow_nan=True)
+        handle.write("\n")
+        _sync(handle)
+
+
+def _sync(handle: IO[Any]) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m calapi.train", description="Train the calorie model and write artifacts."
+    )
+    parser.add_argument("--config", type=Path, default=None, help="config.yaml to read")
+    parser.add_argument(
+        "--no-holdout", action="store_true", help="fit on every row; report training metrics"
+    )
+    parser.add_argument(
+        "--data", default=None, help="CSV path or 'synthetic'; overrides data.source"
+    )
+    return parser
+
+
+def summary(result: TrainResult) -> str:
+    """A few plain lines describing a finished training run."""
+    metrics, data = result.metrics, result.card["data"]
+    return "\n".join(
+        (
+            f"data: {data['source']} ({data['rows']} rows)",
+            f"{metrics['evaluated_on']} RMSLE {metrics['rmsle']:.4f}  RMSE {metrics['rmse']:.2f}"
+            f"  MAE {metrics['mae']:.2f}  R2 {metrics['r2']:.4f}",
+            f"fit: {metrics['n_train']} rows in {metrics['fit_seconds']:.1f} s",
+            f"wrote: {result.model_path}, {result.metrics_path}, {result.card_path}",
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m calapi.train``; 0 on success, 1 on an expected failure."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config or default_config_path())
+        result = run(config, data=args.data, holdout=False if args.no_holdout else None)
+    except CalopsError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
