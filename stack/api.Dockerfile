@@ -1,0 +1,39 @@
+# The calapi inference service. Build context: the checkout root.
+#
+# The model is not baked in: compose mounts the trained artifacts folder (CALOPS_ARTIFACTS on
+# the host) read-only at /models, so retraining never needs a rebuild. CALOPS_MODEL may also
+# name a registry model (models:/calories@champion), read from MLFLOW_TRACKING_URI.
+#
+# PYTHON_IMAGE and PIP_INSTALL_ARGS exist for the offline build (stack/offline/prepare.sh):
+# a local Debian base and a local wheel index instead of Docker Hub and PyPI.
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG PIP_INSTALL_ARGS=""
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# Dependencies first, from pyproject alone, so a source change reuses this layer.
+COPY pyproject.toml /src/
+RUN python3 -c "import tomllib; deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /tmp/requirements.txt \
+ && python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install ${PIP_INSTALL_ARGS} hatchling -r /tmp/requirements.txt
+COPY README.md config.yaml /src/
+COPY stack /src/stack
+COPY src /src/src
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation /src \
+ && /opt/venv/bin/pip uninstall -y hatchling
+
+# Final image: the interpreter and the venv only; no compilers, no build tools, no root.
+FROM ${PYTHON_IMAGE}
+COPY --from=build /opt/venv /opt/venv
+RUN groupadd --system --gid 10001 calops \
+ && useradd --system --uid 10001 --gid calops --no-create-home --home-dir /nonexistent calops
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CALOPS_MODEL=/models
+USER calops
+WORKDIR /tmp
+EXPOSE 8000
+HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=6 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
+CMD ["uvicorn", "--factory", "calapi.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
