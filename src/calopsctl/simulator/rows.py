@@ -1,0 +1,75 @@
+"""Where the simulated rows come from: a CSV in any layout the trainer reads, or the generator.
+
+Everything is prepared up front and vectorised (a shuffled pool, cycled through), so the
+sending loop only takes the next ready-made request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+
+from calapi.errors import DataError
+from calapi.features import NUMERIC_FEATURES, TARGET
+from calopsctl.simulator.drift import RowBlock
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# Enough distinct synthetic rows for variety; longer runs cycle through them.
+MAX_SYNTHETIC_POOL: Final = 100_000
+
+
+@dataclass(frozen=True)
+class RowPool:
+    """A shuffled pool of rows, read in order and cycled; ``source`` says where from."""
+
+    rows: RowBlock
+    source: str
+
+    @property
+    def has_truth(self) -> bool:
+        return not bool(np.isnan(self.rows.truth).any())
+
+    def take(self, first: int, n: int) -> RowBlock:
+        """Rows ``first .. first + n - 1`` of the endless cycle over the pool."""
+        index = np.arange(first, first + n) % len(self.rows)
+        return RowBlock(
+            sex=self.rows.sex[index],
+            numeric=self.rows.numeric[index],
+            truth=self.rows.truth[index],
+        )
+
+
+def load_pool(data: Path | None, *, rows_needed: int, seed: int, need_truth: bool) -> RowPool:
+    """The rows of ``data`` (truth required when ``need_truth``) or synthetic ones, shuffled."""
+    if data is None:
+        from calapi.synthetic import generate
+
+        frame = generate(min(rows_needed, MAX_SYNTHETIC_POOL), seed)
+        source = f"synthetic (seed {seed})"
+    else:
+        from calapi.data import read_rows
+
+        frame = read_rows(data, require_target=need_truth)
+        source = str(data)
+    if len(frame) == 0:
+        raise DataError(f"{data} has no data rows; pass a CSV with at least one row.")
+    order = np.random.default_rng(seed).permutation(len(frame))
+    return RowPool(rows=_block(frame.iloc[order]), source=source)
+
+
+def _block(frame: pd.DataFrame) -> RowBlock:
+    truth = (
+        frame[TARGET].to_numpy(dtype=np.float64)
+        if TARGET in frame.columns
+        else np.full(len(frame), np.nan)
+    )
+    return RowBlock(
+        sex=frame["Sex"].to_numpy(dtype=object),
+        numeric=frame[list(NUMERIC_FEATURES)].to_numpy(dtype=np.float64),
+        truth=truth,
+    )
