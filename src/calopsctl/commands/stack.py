@@ -2,30 +2,175 @@
 
 from __future__ import annotations
 
-from calapi.errors import CalopsError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from calopsctl.console import err, print_json
+
+RUNTIME_HELP = "auto (Docker when an engine answers, else local processes), docker or local."
 
 
-def up() -> None:
-    """Not built yet."""
-    raise CalopsError("`calops up` is not built yet.")
+def _say(message: str) -> None:
+    err.print(message, markup=False)
 
 
-def down() -> None:
-    """Not built yet."""
-    raise CalopsError("`calops down` is not built yet.")
+def up(
+    *,
+    host_port: Annotated[
+        int, typer.Option(help="Host port of the API.", envvar="HOST_PORT")
+    ] = 8000,
+    prometheus_port: Annotated[
+        int, typer.Option(help="Host port of Prometheus.", envvar="PROMETHEUS_PORT")
+    ] = 9090,
+    grafana_port: Annotated[
+        int, typer.Option(help="Host port of Grafana.", envvar="GRAFANA_PORT")
+    ] = 3000,
+    mlflow_port: Annotated[
+        int, typer.Option(help="Host port of the MLflow server.", envvar="MLFLOW_PORT")
+    ] = 5000,
+    runtime: Annotated[str, typer.Option(help=RUNTIME_HELP, envvar="CALOPS_RUNTIME")] = "auto",
+    build: Annotated[bool, typer.Option(help="Rebuild the API image (docker runtime).")] = True,
+    wait: Annotated[bool, typer.Option(help="Wait until every service is healthy.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for health.", min=1)] = 180.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Training config used when no model exists yet.", envvar="CALOPS_CONFIG"),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="What the API serves: an artifacts folder or models:/NAME@ALIAS "
+            "(default: the config's artifacts folder).",
+        ),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Bring up the API, Prometheus, Grafana and MLflow, and print where each one is.
+
+    Trains the default model first when none exists. Refuses a port that is taken before
+    starting anything. A second `calops up` reports what already runs.
+
+    [bold]Examples[/]
+      calops up
+      calops up --host-port 8010
+      calops up --runtime local --no-wait
+      calops up --model models:/calories@champion
+    """
+    from calopsctl import stackops, stackview
+
+    ports = {
+        "api": host_port,
+        "prometheus": prometheus_port,
+        "grafana": grafana_port,
+        "mlflow": mlflow_port,
+    }
+    options = stackops.UpOptions(
+        ports=ports,
+        runtime=runtime,
+        build=build,
+        wait=wait,
+        timeout=timeout,
+        config=config,
+        model=model,
+    )
+    result = stackops.up(options, _say)
+    rows = stackops.summary_rows(result)
+    if json:
+        print_json(
+            {
+                "already_running": result.already_running,
+                "runtime": result.state.runtime,
+                "services": rows,
+            }
+        )
+        return
+    stackview.show_services(rows)
+    _say("Stop it with `calops down`; check it with `calops health`.")
 
 
-def health() -> None:
-    """Not built yet."""
-    raise CalopsError("`calops health` is not built yet.")
+def down(
+    *,
+    volumes: Annotated[
+        bool, typer.Option("--volumes", "-v", help="Also delete MLflow, Prometheus, Grafana data.")
+    ] = False,
+) -> None:
+    """Stop and remove the stack; nothing of it keeps running.
+
+    [bold]Examples[/]
+      calops down
+      calops down --volumes
+    """
+    from calopsctl import stackops
+
+    stackops.down(volumes=volumes, say=_say)
 
 
-def info() -> None:
-    """Not built yet."""
-    raise CalopsError("`calops info` is not built yet.")
+def health(
+    *,
+    json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    wait: Annotated[
+        float, typer.Option(help="Retry for up to this many seconds until healthy.", min=0)
+    ] = 0.0,
+) -> None:
+    """Check each service, including that Prometheus scrapes the API; exit 1 if one is down.
+
+    [bold]Examples[/]
+      calops health
+      calops health --wait 60
+      calops health --json
+    """
+    from calopsctl import health as checks_module
+    from calopsctl import stackops, stackview
+
+    _state, checks = stackops.stack_health(wait)
+    if json:
+        print_json(
+            {"healthy": checks_module.healthy(checks), "checks": [c.as_dict() for c in checks]}
+        )
+    else:
+        stackview.show_health(checks)
+    if not checks_module.healthy(checks):
+        raise typer.Exit(code=1)
 
 
-def logs() -> None:
-    """Not built yet."""
-    raise CalopsError("`calops logs` is not built yet.")
+def info(
+    *,
+    json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show the model in service and the stack: runtime, URLs, tracking URI, logs, credentials.
 
+    [bold]Examples[/]
+      calops info
+      calops info --json
+    """
+    from calopsctl import stackops, stackview
+
+    data = stackops.info()
+    if json:
+        print_json(data)
+    else:
+        stackview.show_info(data)
+
+
+def logs(
+    *,
+    service: Annotated[
+        str | None, typer.Argument(help="api, prometheus, grafana or mlflow (default: all).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    tail: Annotated[int, typer.Option(help="Lines to show from the end of each log.")] = 50,
+) -> None:
+    """Show the logs of the stack's services.
+
+    [bold]Examples[/]
+      calops logs api
+      calops logs mlflow --tail 200
+      calops logs -f
+    """
+    from calopsctl import stackops
+
+    stackops.logs(service, follow=follow, tail=tail)

@@ -1,0 +1,50 @@
+"""Ways to run the stack (Docker Compose or local processes) behind one interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from calapi.errors import CalopsError
+from calopsctl.paths import home
+from calopsctl.runtime.base import Runtime
+from calopsctl.runtime.docker import DockerRuntime, engine_address, engine_answers
+from calopsctl.runtime.local import LocalRuntime
+
+CHOICES = ("auto", "docker", "local")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The runtime chosen and the reason, which `calops up` tells the user."""
+
+    runtime: Runtime
+    reason: str
+
+
+def runtime_named(name: str) -> Runtime:
+    """The runtime recorded in a stack state ("docker" or "local")."""
+    if name == "docker":
+        return DockerRuntime(home())
+    return LocalRuntime(home())
+
+
+def select_runtime(choice: str, *, answers: Callable[[], bool] = engine_answers) -> Selection:
+    """``auto``: Docker when an engine answers, else local processes; explicit choices checked."""
+    if choice not in CHOICES:
+        raise CalopsError(f"Unknown runtime {choice!r}; use one of {', '.join(CHOICES)}.")
+    if choice == "local":
+        return Selection(LocalRuntime(home()), "asked for with --runtime local")
+    if answers():
+        reason = (
+            "asked for with --runtime docker"
+            if choice == "docker"
+            else (f"a Docker engine answers at {engine_address()}")
+        )
+        return Selection(DockerRuntime(home()), reason)
+    if choice == "docker":
+        raise CalopsError(
+            f"Docker was asked for but no engine answers at {engine_address()}; "
+            "start Docker or use --runtime local."
+        )
+    return Selection(LocalRuntime(home()), f"no Docker engine answers at {engine_address()}")

@@ -1,0 +1,82 @@
+"""The runtime interface: what every way of running the stack (Docker, local processes) offers."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from calopsctl.state import StackState
+
+# Per service: the `calops up` option and the environment variable that set its host port.
+PORT_FLAGS = {
+    "api": ("--host-port", "HOST_PORT"),
+    "prometheus": ("--prometheus-port", "PROMETHEUS_PORT"),
+    "grafana": ("--grafana-port", "GRAFANA_PORT"),
+    "mlflow": ("--mlflow-port", "MLFLOW_PORT"),
+}
+LABELS = {"api": "API", "prometheus": "Prometheus", "grafana": "Grafana", "mlflow": "MLflow"}
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """What `calops up` asks a runtime to start."""
+
+    ports: dict[str, int]
+    artifacts: Path  # absolute host folder with model.joblib and its card
+    model: str  # CALOPS_MODEL for the API: the artifacts folder or models:/name@alias
+    grafana_password: str
+    build: bool = True
+    wait: bool = True
+    timeout: float = 180.0
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+
+@dataclass
+class Availability:
+    """Which services this runtime will run, and why the others are left out."""
+
+    services: list[str]
+    absent: dict[str, str] = field(default_factory=dict)  # service -> reason
+
+
+SaveState = Callable[[StackState], None]
+
+
+class Runtime(ABC):
+    """Starts, inspects and removes the stack; one implementation per way of running it."""
+
+    name: str
+
+    @abstractmethod
+    def availability(self, spec: StackSpec) -> Availability:
+        """The services this runtime can run here (e.g. no Grafana binary -> absent)."""
+
+    @abstractmethod
+    def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
+        """Start the services in ``state.services``; call ``save`` as soon as anything runs."""
+
+    @abstractmethod
+    def down(self, state: StackState, *, volumes: bool) -> list[str]:
+        """Remove everything ``state`` records; return the services that were stopped."""
+
+    @abstractmethod
+    def alive(self, state: StackState) -> dict[str, bool]:
+        """Per service: is its process or container still running?"""
+
+    @abstractmethod
+    def log_tail(self, state: StackState, service: str, lines: int = 30) -> str:
+        """The last ``lines`` lines a service wrote, to explain a failure."""
+
+    @abstractmethod
+    def stream_logs(
+        self, state: StackState, services: list[str], *, follow: bool, tail: int
+    ) -> None:
+        """Write services' logs to stdout (until interrupted when ``follow``)."""
+
+    def where_logs(self, state: StackState) -> str:
+        """Where a user finds the logs."""
+        return "calops logs [SERVICE]"

@@ -1,0 +1,100 @@
+"""Background processes in their own session: spawned detached, found by pid, stopped by group.
+
+``os.posix_spawn`` with ``setsid`` instead of ``subprocess.Popen``: the process must outlive the
+``calops`` command that started it, so there is no Popen object to keep (or to warn on exit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> int:
+    """Start ``argv`` as the leader of a new session, stdout+stderr appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    return os.posix_spawn(argv[0], list(argv), dict(env), file_actions=actions, setsid=True)
+
+
+def _reap(pid: int) -> None:
+    """Collect an exited child of this process, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def leader_alive(pid: int) -> bool:
+    """True when ``pid`` runs and still leads its own process group (guards against pid reuse)."""
+    _reap(pid)
+    try:
+        return os.getpgid(pid) == pid and not _is_zombie(pid)
+    except ProcessLookupError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group exists (a dead leader can leave workers behind)."""
+    _reap(pgid)
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return not (_is_zombie(pgid) and not _group_members(pgid))
+
+
+def stop_group(pgid: int, *, grace: float = 10.0) -> bool:
+    """SIGTERM the group, wait up to ``grace`` seconds, SIGKILL what is left; True if it ran."""
+    if not group_alive(pgid):
+        return False
+    _signal(pgid, signal.SIGTERM)
+    if not _wait_gone(pgid, grace):
+        _signal(pgid, signal.SIGKILL)
+        _wait_gone(pgid, grace)
+    return True
+
+
+def _signal(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _wait_gone(pgid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return True
+        time.sleep(0.1)
+    return not group_alive(pgid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    # The state letter follows the parenthesised command name, which may itself hold spaces.
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in the group, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        after = fields.rpartition(")")[2].split()
+        if len(after) > 3 and int(after[3]) == pgid and after[0] != "Z":
+            members.append(int(entry.name))
+    return members

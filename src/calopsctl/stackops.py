@@ -1,0 +1,341 @@
+"""What the stack commands do: bring the stack up, probe it, describe it, take it down.
+
+The runtime (Docker or local processes) does the starting and stopping; this module decides
+what to start, refuses taken ports before anything starts, trains a first model when there is
+none, waits for health and keeps the record in ``<home>/stack.json``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from calapi.errors import CalopsError
+from calopsctl import health, paths
+from calopsctl.health import ABSENT, DOWN, Check
+from calopsctl.runtime import runtime_named, select_runtime
+from calopsctl.runtime.base import LABELS, PORT_FLAGS, Runtime, StackSpec
+from calopsctl.secrets import GRAFANA_ADMIN_USER, grafana_admin_password, stored_password
+from calopsctl.state import SERVICES, StackState, clear_state, load_state, save_state
+
+Say = Callable[[str], None]
+EXITED = "exited"
+PROBE_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What `calops up` was asked for."""
+
+    ports: dict[str, int]
+    runtime: str = "auto"
+    build: bool = True
+    wait: bool = True
+    timeout: float = 180.0
+    config: Path | None = None
+    model: str | None = None  # CALOPS_MODEL for the API; default: the artifacts folder
+
+
+@dataclass
+class UpResult:
+    state: StackState
+    already_running: bool
+    checks: list[Check] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- up
+
+
+def up(options: UpOptions, say: Say) -> UpResult:
+    """Start the stack, or report the one already running; wait for health when asked."""
+    running = _running_stack(say)
+    if running is not None:
+        state, runtime = running
+        say(f"The stack is already running ({state.runtime} runtime, started {state.started}).")
+        return UpResult(state, already_running=True, checks=probe(state, runtime))
+    selection = select_runtime(options.runtime)
+    say(f"Runtime: {selection.runtime.name} ({selection.reason}).")
+    return _start(options, selection.runtime, say)
+
+
+def _start(options: UpOptions, runtime: Runtime, say: Say) -> UpResult:
+    spec = _spec(options)
+    available = runtime.availability(spec)
+    for service, reason in available.absent.items():
+        say(f"{LABELS[service]} is left out: {reason}.")
+    check_ports(spec.ports, available.services)
+    ensure_model(options.config, say)
+    state = StackState(
+        runtime=runtime.name,
+        ports=dict(spec.ports),
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        services=available.services,
+        extra={"absent": available.absent, "model": spec.model, "artifacts": str(spec.artifacts)},
+    )
+    say(f"Starting {', '.join(available.services)}...")
+    runtime.up(spec, state, save_state)
+    save_state(state)
+    checks = wait_healthy(state, runtime, spec.timeout) if spec.wait else []
+    return UpResult(state, already_running=False, checks=checks)
+
+
+def _running_stack(say: Say) -> tuple[StackState, Runtime] | None:
+    """The recorded stack if anything of it still runs; a stale record is cleaned away."""
+    state = load_state()
+    if state is None:
+        return None
+    runtime = runtime_named(state.runtime)
+    if any(_alive(runtime, state).values()):
+        return state, runtime
+    say("Found the record of a stack that no longer runs; clearing it.")
+    try:
+        runtime.down(state, volumes=False)
+    except CalopsError as exc:
+        say(f"Could not clean the old stack: {exc}")
+    clear_state()
+    return None
+
+
+def _spec(options: UpOptions) -> StackSpec:
+    artifacts = _artifacts_dir(options.config)
+    return StackSpec(
+        ports=dict(options.ports),
+        artifacts=artifacts,
+        model=options.model or str(artifacts),
+        grafana_password=grafana_admin_password(),
+        build=options.build,
+        wait=options.wait,
+        timeout=options.timeout,
+    )
+
+
+def _artifacts_dir(config_path: Path | None) -> Path:
+    from calapi.config import load_config
+
+    return load_config(config_path).outputs.dir.resolve()
+
+
+# ---------------------------------------------------------------- ports and model
+
+
+def port_free(port: int) -> bool:
+    """True when nothing listens on 127.0.0.1:``port`` (TIME_WAIT leftovers do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def suggest_port(port: int, taken: set[int]) -> int:
+    """A free port near ``port`` (the seed's tip moves 8000 to 8010)."""
+    for candidate in range(port + 10, port + 110):
+        if candidate not in taken and port_free(candidate):
+            return candidate
+    return port + 10
+
+
+def check_ports(ports: dict[str, int], services: list[str]) -> None:
+    """Raise before anything starts when two services share a port or a port is taken."""
+    wanted = {service: ports[service] for service in services}
+    if len(set(wanted.values())) < len(wanted):
+        listing = ", ".join(f"{LABELS[s]} {p}" for s, p in wanted.items())
+        raise CalopsError(f"Two services were given the same port ({listing}); pick distinct ones.")
+    for service, port in wanted.items():
+        if not port_free(port):
+            flag, env = PORT_FLAGS[service]
+            other = suggest_port(port, set(wanted.values()))
+            raise CalopsError(
+                f"Port {port} ({LABELS[service]}) is already in use; pick another with "
+                f"{flag} {other} (or {env}={other})."
+            )
+
+
+def ensure_model(config_path: Path | None, say: Say) -> Path:
+    """The artifacts folder, after training the configured model when it holds none."""
+    from calapi.config import load_config
+
+    config = load_config(config_path)
+    if config.outputs.model_path.is_file() and config.outputs.card_path.is_file():
+        return config.outputs.dir
+    say(
+        f"No model found in {config.outputs.dir}/; training the default model first "
+        "(about a minute)."
+    )
+    from calapi.train import run
+
+    result = run(config)
+    say(f"Trained: {result.model_path} (holdout {_rmsle(result.metrics)}).")
+    return config.outputs.dir
+
+
+def _rmsle(metrics: Any) -> str:
+    value = metrics.get("rmsle") if isinstance(metrics, dict) else None
+    return f"RMSLE {value:.4f}" if isinstance(value, float) else "metrics in metrics.json"
+
+
+# ---------------------------------------------------------------- health
+
+
+def probe(state: StackState, runtime: Runtime) -> list[Check]:
+    """One pass over every check; a service whose process or container died is marked so."""
+    alive = _alive(runtime, state)
+    absent: dict[str, str] = state.extra.get("absent", {})
+    checks: list[Check] = []
+    with httpx.Client(timeout=PROBE_TIMEOUT) as client:
+        for service in SERVICES:
+            if service not in state.services:
+                reason = absent.get(service, "not part of this stack")
+                checks.append(Check(service, "-", ABSENT, reason, required=False))
+                continue
+            found = health.probe_service(client, service, state.url(service))
+            if alive.get(service) is False:
+                found = [_exited(check, runtime, state) for check in found]
+            checks.extend(found)
+    return checks
+
+
+def _exited(check: Check, runtime: Runtime, state: StackState) -> Check:
+    where = runtime.where_logs(state)
+    detail = f"{EXITED}: the {check.service} process is gone ({check.detail}); logs: {where}"
+    return Check(check.service, check.check, DOWN, detail, check.required)
+
+
+def _alive(runtime: Runtime, state: StackState) -> dict[str, bool]:
+    try:
+        return runtime.alive(state)
+    except CalopsError:
+        return {}
+
+
+def wait_healthy(state: StackState, runtime: Runtime, timeout: float) -> list[Check]:
+    """Probe until healthy; on timeout or a dead process name the service and show its log."""
+    checks = health.retry(
+        lambda: probe(state, runtime),
+        timeout=timeout,
+        give_up=lambda found: any(c.detail.startswith(EXITED) for c in found),
+    )
+    bad = health.failing(checks)
+    if bad:
+        first = bad[0]
+        tail = runtime.log_tail(state, first.service) or "(the log is empty)"
+        raise CalopsError(
+            f"{LABELS[first.service]} did not become healthy ({first.check}: {first.detail}); "
+            f"last lines of its log:\n{tail}\nRun `calops down` to remove what was started."
+        )
+    return checks
+
+
+def stack_health(wait: float) -> tuple[StackState, list[Check]]:
+    """The recorded stack and its checks, retried up to ``wait`` seconds."""
+    state = require_state()
+    runtime = runtime_named(state.runtime)
+    return state, health.retry(lambda: probe(state, runtime), timeout=wait)
+
+
+# ---------------------------------------------------------------- down, info, logs
+
+
+def require_state() -> StackState:
+    state = load_state()
+    if state is None:
+        raise CalopsError(f"Nothing is up (no stack recorded in {paths.home()}); run `calops up`.")
+    return state
+
+
+def down(*, volumes: bool, say: Say) -> list[str]:
+    """Remove the recorded stack; saying so (and exiting 0) when nothing is up."""
+    state = load_state()
+    if state is None:
+        say(f"Nothing to take down: no stack is recorded in {paths.home()}.")
+        return []
+    stopped = runtime_named(state.runtime).down(state, volumes=volumes)
+    clear_state()
+    say(f"Stopped: {', '.join(stopped)}." if stopped else "No service was still running.")
+    if volumes:
+        say("Removed the stack's data (MLflow runs, Prometheus and Grafana data).")
+    return stopped
+
+
+def info() -> dict[str, Any]:
+    """The API's /info plus what the stack is and where to find its parts."""
+    state = require_state()
+    runtime = runtime_named(state.runtime)
+    api = _api_info(state.url("api"))
+    return {
+        "runtime": state.runtime,
+        "project": state.project,
+        "started": state.started,
+        "model": api.get("model") if "error" not in api else {"error": api["error"]},
+        "services": _service_rows(state),
+        "tracking_uri": state.url("mlflow"),
+        "logs": runtime.where_logs(state),
+        "state_file": str(paths.home() / "stack.json"),
+        "api": api,
+    }
+
+
+def _api_info(url: str) -> dict[str, Any]:
+    try:
+        response = httpx.get(f"{url}/info", timeout=PROBE_TIMEOUT)
+        response.raise_for_status()
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"error": f"{url}/info did not answer: {exc}"}
+    return body if isinstance(body, dict) else {"info": body}
+
+
+def _service_rows(state: StackState) -> list[dict[str, Any]]:
+    absent: dict[str, str] = state.extra.get("absent", {})
+    rows = []
+    for service in SERVICES:
+        running = service in state.services
+        rows.append(
+            {
+                "service": service,
+                "url": state.url(service) if running else None,
+                "port": state.ports.get(service) if running else None,
+                "credentials": _credentials(service) if running else None,
+                "absent": None if running else absent.get(service, "not part of this stack"),
+            }
+        )
+    return rows
+
+
+def _credentials(service: str) -> str | None:
+    if service != "grafana":
+        return None
+    return f"{GRAFANA_ADMIN_USER} / {stored_password() or '(not generated yet)'}"
+
+
+def summary_rows(result: UpResult) -> list[dict[str, Any]]:
+    """Service, URL, status and credentials for the table `calops up` ends with."""
+    status = {c.service: c.status for c in result.checks if c.status == DOWN}
+    rows = _service_rows(result.state)
+    for row in rows:
+        if row["absent"]:
+            row["status"] = f"absent: {row['absent']}"
+        elif result.checks:
+            row["status"] = status.get(row["service"], "healthy")
+        else:
+            row["status"] = "started"
+    return rows
+
+
+def logs(service: str | None, *, follow: bool, tail: int) -> None:
+    state = require_state()
+    if service is not None and service not in state.services:
+        raise CalopsError(
+            f"No service named {service!r} in this stack; choose one of "
+            f"{', '.join(state.services)}."
+        )
+    services = [service] if service else list(state.services)
+    runtime_named(state.runtime).stream_logs(state, services, follow=follow, tail=tail)

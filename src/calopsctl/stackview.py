@@ -1,0 +1,82 @@
+"""How stack results look: rich tables on a terminal, plain lines otherwise, JSON on request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from calopsctl.console import interactive, out
+from calopsctl.health import ABSENT, DOWN, Check, healthy
+
+COLOURS = {"up": "green", "healthy": "green", "started": "yellow", DOWN: "red", ABSENT: "dim"}
+
+
+def _colour(status: str) -> str:
+    colour = COLOURS.get(status.split(":", maxsplit=1)[0], "yellow")
+    return f"[{colour}]{status}[/]"
+
+
+def _emit(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    if interactive():
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    for row in rows:
+        out.print("  ".join(cell for cell in row if cell), markup=False)
+
+
+def show_services(rows: list[dict[str, Any]]) -> None:
+    """The table `calops up` ends with: service, URL, status, credentials."""
+    cells = [
+        [
+            r["service"],
+            r["url"] or "-",
+            _colour(r["status"]) if interactive() else r["status"],
+            r["credentials"] or "",
+        ]
+        for r in rows
+    ]
+    _emit("calops stack", ["service", "URL", "status", "credentials"], cells)
+
+
+def show_health(checks: list[Check]) -> None:
+    """One row per check, and a closing verdict."""
+    cells = [
+        [c.service, c.check, _colour(c.status) if interactive() else c.status, c.detail]
+        for c in checks
+    ]
+    _emit("calops health", ["service", "check", "status", "detail"], cells)
+    verdict = "All required services are healthy." if healthy(checks) else "Unhealthy."
+    out.print(verdict if not interactive() else f"[bold]{verdict}[/]", markup=interactive())
+
+
+def show_info(data: dict[str, Any]) -> None:
+    """The model in service and the stack around it."""
+    model = data.get("model") or {}
+    lines = [
+        f"runtime: {data['runtime']} (project {data['project']}, started {data['started']})",
+        f"model: {_model_line(model)}",
+        f"tracking URI: {data['tracking_uri']}",
+        f"logs: {data['logs']}",
+        f"state: {data['state_file']}",
+    ]
+    for line in lines:
+        out.print(line, markup=False)
+    rows = [
+        {**row, "status": f"absent: {row['absent']}" if row["absent"] else "part of the stack"}
+        for row in data["services"]
+    ]
+    show_services(rows)
+
+
+def _model_line(model: dict[str, Any]) -> str:
+    if "error" in model:
+        return str(model["error"])
+    keys = ("source", "version", "sha256", "created")
+    parts = [f"{key} {str(model[key])[:40]}" for key in keys if model.get(key)]
+    return ", ".join(parts) or "unknown"
