@@ -1,0 +1,94 @@
+"""Turn a /predict body into a float matrix, or into a 413/422 with a message per field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+
+from calapi.features import SEX_CODES, FloatArray
+from calapi.schemas import ROWS, Row, RowId
+
+
+class BadRequestError(Exception):
+    """A request the API refuses, with its status and FastAPI-style error list."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else "bad request")
+        self.status = status
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRows:
+    """Validated rows: the raw matrix laid out as FEATURES and each row's id (or None)."""
+
+    raw: FloatArray
+    ids: list[RowId | None]
+    single: bool
+
+
+def parse_predict_body(body: bytes, max_rows: int) -> ParsedRows:
+    """One row, ``{"instances": [...]}`` or a list of rows; strict JSON (no NaN/Infinity)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        error = _error(("body",), f"Body is not valid JSON: {exc}", "json_invalid")
+        raise BadRequestError(422, [error]) from None
+    if isinstance(document, dict) and "instances" in document:
+        return _batch(document["instances"], ("body", "instances"), max_rows)
+    if isinstance(document, list):
+        return _batch(document, ("body",), max_rows)
+    if isinstance(document, dict):
+        row = _validate_one(document)
+        return ParsedRows(_encode([row]), [row.id], single=True)
+    message = "Body must be a row object, a list of rows or {'instances': [...]}."
+    raise BadRequestError(422, [_error(("body",), message, "model_type")])
+
+
+def _batch(items: Any, where: tuple[str, ...], max_rows: int) -> ParsedRows:
+    if not isinstance(items, list):
+        raise BadRequestError(
+            422, [_error(where, "A batch must be a JSON list of rows.", "list_type")]
+        )
+    if not items:
+        raise BadRequestError(422, [_error(where, "A batch needs at least one row.", "too_short")])
+    if len(items) > max_rows:
+        message = f"A batch holds at most {max_rows} rows, got {len(items)}; split it."
+        raise BadRequestError(413, [_error(where, message, "too_long")])
+    try:
+        rows = ROWS.validate_python(items)
+    except ValidationError as exc:
+        raise BadRequestError(422, _errors(exc, where)) from None
+    return ParsedRows(_encode(rows), [row.id for row in rows], single=False)
+
+
+def _validate_one(document: dict[str, Any]) -> Row:
+    try:
+        return Row.model_validate(document)
+    except ValidationError as exc:
+        raise BadRequestError(422, _errors(exc, ("body",))) from None
+
+
+def _encode(rows: list[Row]) -> FloatArray:
+    return np.array(
+        [
+            (SEX_CODES[r.Sex], r.Age, r.Height, r.Weight, r.Duration, r.Heart_Rate, r.Body_Temp)
+            for r in rows
+        ],
+        dtype=np.float64,
+    )
+
+
+def _errors(exc: ValidationError, where: tuple[str, ...]) -> list[dict[str, Any]]:
+    return [
+        _error((*where, *error["loc"]), error["msg"], error["type"])
+        for error in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def _error(loc: tuple[Any, ...], message: str, kind: str) -> dict[str, Any]:
+    return {"loc": list(loc), "msg": message, "type": kind}

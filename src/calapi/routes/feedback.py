@@ -1,0 +1,40 @@
+"""POST /feedback: the true value for an earlier prediction."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from calapi.feedback import AlreadyAnsweredError, UnknownIdError
+from calapi.routes.deps import ServiceDep, json_response, problem, responses
+from calapi.schemas import FeedbackIn, FeedbackOut
+
+router = APIRouter(tags=["feedback"])
+
+
+@router.post(
+    "/feedback",
+    summary="Send the true Calories of an earlier prediction",
+    response_model=FeedbackOut,
+    responses=responses(404, 409),
+)
+async def feedback(body: FeedbackIn, service: ServiceDep) -> Response:
+    """Match ground truth with its prediction: 404 unknown or expired id, 409 already answered."""
+    try:
+        outcome = service.feedback(body.id, body.Calories)
+    except UnknownIdError:
+        detail = f"No prediction with id {body.id!r} awaits feedback (unknown or expired)."
+        return problem(404, detail)
+    except AlreadyAnsweredError:
+        return problem(409, f"Feedback for id {body.id!r} was already received.")
+    return json_response(
+        {
+            "id": body.id,
+            "Calories": outcome.actual,
+            "predicted": outcome.predicted,
+            "error": outcome.predicted - outcome.actual,
+            "squared_log_error": outcome.squared_log_error,
+            "lag_seconds": outcome.lag_seconds,
+            "model_version": outcome.model_version,
+        }
+    )

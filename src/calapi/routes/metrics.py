@@ -1,0 +1,18 @@
+"""GET /metrics: Prometheus exposition of the app's registry."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from calapi.routes.deps import ServiceDep
+
+router = APIRouter(tags=["metrics"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(service: ServiceDep) -> Response:
+    """Every app_* metric; gauges backed by the feedback window are computed now."""
+    # Async on purpose: the feedback store and window live on the event loop's thread.
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
