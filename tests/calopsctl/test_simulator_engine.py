@@ -1,4 +1,4 @@
-"""The simulator's engine against an in-process fake of the API (fast; the real API has its own tests)."""
+"""The simulator's engine against an in-process fake of the API (the real one: integration)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class FakeApi:
             self.in_flight -= 1
         if self.status != 200:
             return self.status, {"detail": "failed"}
-        rows = document["instances"] if "instances" in document else [document]
+        rows = document.get("instances", [document])
         answers = [{"id": row["id"], "Calories": self.calories(row)} for row in rows]
         for answer in answers:
             self.predicted[answer["id"]] = answer["Calories"]
@@ -150,7 +150,7 @@ def test_summary_rmsle_matches_what_the_server_saw() -> None:
 
 
 def test_batches_go_as_instances_and_every_row_is_counted() -> None:
-    """--batch-size sends {"instances": [...]}: rows and feedback count per row, requests per call."""
+    """--batch-size sends {"instances": [...]}; rows and feedback count per row."""
     app = FakeApi()
     report = run(app, count=10, batch_size=5)
     assert (report["sent"], report["ok"], report["rows_predicted"]) == (10, 10, 50)

@@ -1,0 +1,189 @@
+"""The simulator's pure parts: settings, drift, the request plan, answers and the target URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from calapi.errors import CalopsError
+from calapi.features import NUMERIC_FEATURES, PLAUSIBLE
+from calopsctl.simulator.answers import predictions
+from calopsctl.simulator.drift import (
+    CONCEPT_SCALE,
+    RowBlock,
+    apply_drift,
+    physiology,
+    ramp,
+)
+from calopsctl.simulator.feedback import FeedbackQueue, PendingFeedback
+from calopsctl.simulator.plan import RequestPlan
+from calopsctl.simulator.rows import load_pool
+from calopsctl.simulator.settings import DriftKind, SimulationSettings
+from calopsctl.simulator.target import DEFAULT_URL, resolve_url
+from calopsctl.state import StackState, save_state
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"feedback_fraction": 1.5}, "--feedback-fraction must be between 0 and 1"),
+        ({"rps": 0.0}, "--rps must be > 0"),
+        ({"duration": 5.0, "count": 5}, "not both"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"feedback_delay": -1.0}, "--feedback-delay must be >= 0"),
+    ],
+)
+def test_invalid_options_are_one_sentence(overrides: dict[str, object], message: str) -> None:
+    """Each out-of-range option is refused with a CalopsError naming the option."""
+    with pytest.raises(CalopsError, match=message):
+        SimulationSettings(url="http://x", **overrides)  # type: ignore[arg-type]
+
+
+def test_run_length_comes_from_count_or_duration() -> None:
+    """--count plans exactly N requests; --duration plans rate x seconds; drift starts at 1/4."""
+    assert SimulationSettings(url="u", rps=50, count=7).requests == 7
+    timed = SimulationSettings(url="u", rps=100, duration=10)
+    assert timed.requests == 1000
+    assert timed.drift_start_s == pytest.approx(2.5)
+    assert timed.drift_full_s == pytest.approx(2.5 + 7.5 / 2)
+
+
+def test_ramp_is_zero_before_start_linear_then_full() -> None:
+    """Drift strength is 0 before the start, rises linearly, and stays at 1 after full strength."""
+    times = np.array([0.0, 5.0, 7.5, 10.0, 20.0])
+    assert ramp(times, 5.0, 10.0).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+
+
+def block() -> RowBlock:
+    pool = load_pool(None, rows_needed=200, seed=3, need_truth=True)
+    return pool.take(0, 200)
+
+
+def test_concept_drift_scales_truth_and_keeps_inputs() -> None:
+    """Concept drift leaves inputs alone and multiplies the truth by up to CONCEPT_SCALE."""
+    rows = block()
+    strength = np.linspace(0.0, 1.0, len(rows))
+    drifted = apply_drift(rows, strength, DriftKind.CONCEPT)
+    assert np.array_equal(drifted.numeric, rows.numeric)
+    ratio = drifted.truth / rows.truth
+    assert ratio[0] == pytest.approx(1.0)
+    assert ratio[-1] == pytest.approx(CONCEPT_SCALE)
+    assert np.all(np.diff(ratio) >= 0)
+
+
+def test_covariate_drift_moves_inputs_and_keeps_truth_physical() -> None:
+    """Covariate drift shifts inputs within plausible bounds and recomputes truth physically."""
+    rows = block()
+    drifted = apply_drift(rows, np.ones(len(rows)), DriftKind.COVARIATE)
+    duration = NUMERIC_FEATURES.index("Duration")
+    assert drifted.numeric[:, duration].mean() > 1.4 * rows.numeric[:, duration].mean()
+    for column, name in enumerate(NUMERIC_FEATURES):
+        low, high = PLAUSIBLE[name]
+        assert np.all((drifted.numeric[:, column] >= low) & (drifted.numeric[:, column] <= high))
+    # each row keeps its own deviation from the physiology (noise), so truth/physiology holds
+    before = rows.truth / physiology(rows.sex, rows.numeric)
+    after = drifted.truth / physiology(drifted.sex, drifted.numeric)
+    assert np.allclose(before, after, rtol=1e-6)
+    assert drifted.truth.mean() > rows.truth.mean()
+
+
+def test_no_drift_changes_nothing() -> None:
+    """--drift none returns the rows as they were."""
+    rows = block()
+    same = apply_drift(rows, np.ones(len(rows)), DriftKind.NONE)
+    assert np.array_equal(same.numeric, rows.numeric)
+    assert np.array_equal(same.truth, rows.truth)
+
+
+def plan(**overrides: object) -> RequestPlan:
+    s = SimulationSettings(**{"url": "u", "rps": 100.0, "count": 1200, **overrides})  # type: ignore[arg-type]
+    pool = load_pool(None, rows_needed=s.requests * s.batch_size, seed=s.seed, need_truth=True)
+    return RequestPlan(s, pool, run_id="run")
+
+
+def test_plan_is_on_an_absolute_schedule_with_unique_ids() -> None:
+    """Request i is due at i/rps, and every row id in the run is distinct."""
+    requests = list(plan(batch_size=3))
+    assert len(requests) == 1200
+    assert [r.due for r in requests[:3]] == [0.0, 0.01, 0.02]
+    assert requests[-1].due == pytest.approx(11.99)
+    ids = [row_id for r in requests for row_id in r.ids]
+    assert len(ids) == len(set(ids)) == 3600
+
+
+def test_plan_bodies_have_the_api_shapes() -> None:
+    """One row goes as a bare object with every feature; a batch as {"instances": [...]}."""
+    single = orjson.loads(next(iter(plan())).body)
+    assert set(single) == {"id", "Sex", *NUMERIC_FEATURES}
+    assert single["Sex"] in {"male", "female"}
+    batch = orjson.loads(next(iter(plan(batch_size=4))).body)
+    assert len(batch["instances"]) == 4
+
+
+def test_plan_is_reproducible_with_a_seed() -> None:
+    """The same seed gives the same bodies and the same feedback choices."""
+    first, second = list(plan(feedback_fraction=0.3)), list(plan(feedback_fraction=0.3))
+    assert [r.body for r in first] == [r.body for r in second]
+    chosen = np.concatenate([r.feedback for r in first])
+    assert np.array_equal(chosen, np.concatenate([r.feedback for r in second]))
+    assert 0.25 < chosen.mean() < 0.35
+
+
+def test_csv_without_calories_is_refused_when_feedback_is_wanted(tmp_path: Path) -> None:
+    """A CSV with no Calories column cannot feed back truth: a DataError saying so."""
+    csv = tmp_path / "test.csv"
+    csv.write_text(
+        "id,Sex,Age,Height,Weight,Duration,Heart_Rate,Body_Temp\n1,male,30,180,80,20,100,40\n"
+    )
+    with pytest.raises(CalopsError, match="has no Calories column"):
+        load_pool(csv, rows_needed=10, seed=0, need_truth=True)
+    pool = load_pool(csv, rows_needed=10, seed=0, need_truth=False)
+    assert not pool.has_truth
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"id": "a", "Calories": 10.0, "model_version": "3"}, ([10.0, None], "3")),
+        (
+            {"predictions": [{"id": "b", "Calories": 2}, {"id": "a", "Calories": 1}]},
+            ([1.0, 2.0], None),
+        ),
+        ([{"Calories": 5.0}, {"Calories": 6.0}], ([5.0, 6.0], None)),
+        ({"detail": "nope"}, ([None, None], None)),
+    ],
+)
+def test_answers_are_matched_by_id_or_order(
+    body: object, expected: tuple[list[float | None], str | None]
+) -> None:
+    """Predictions are read from the answer shapes the API may use, matched to the ids sent."""
+    values, version = predictions(orjson.dumps(body), ("a", "b"))
+    assert [None if np.isnan(v) else v for v in values] == expected[0]
+    assert version == expected[1]
+
+
+def test_feedback_queue_releases_in_due_order() -> None:
+    """Pending feedback comes out earliest first, only once due, at most ``limit`` at a time."""
+    queue = FeedbackQueue()
+    for due in (3.0, 1.0, 2.0):
+        queue.push(PendingFeedback(due, str(due), 1.0, 1.0))
+    assert queue.pop_due(0.5, 10) == []
+    assert [p.due for p in queue.pop_due(2.5, 1)] == [1.0]
+    assert [p.due for p in queue.pop_due(2.5, 10)] == [2.0]
+    assert queue.clear() == 1
+
+
+def test_url_comes_from_option_then_seed_env_then_stack_then_default(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--url wins, then $URL (the seed's way), then the running stack's API, then 127.0.0.1:8000."""
+    monkeypatch.delenv("URL", raising=False)
+    assert resolve_url(None) == DEFAULT_URL
+    save_state(StackState(runtime="local", ports={"api": 8123}))
+    assert resolve_url(None) == "http://127.0.0.1:8123"
+    monkeypatch.setenv("URL", "http://127.0.0.1:8010/")
+    assert resolve_url(None) == "http://127.0.0.1:8010"
+    assert resolve_url("http://h:1") == "http://h:1"
