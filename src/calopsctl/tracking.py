@@ -116,7 +116,12 @@ def _target_for(uri: str, origin: str) -> TrackingTarget:
         # Beside the database, not wherever the command happens to run.
         database = Path(uri.removeprefix("sqlite:///")).resolve()
         return TrackingTarget(uri, origin, database.parent / "mlartifacts")
-    if parsed.scheme in ("http", "https", "file", "") or parsed.scheme.startswith("databricks"):
+    if parsed.scheme == "file":
+        # Absolute, so the summary says where runs went and MLflow's per-URI store cache
+        # cannot confuse two working folders.
+        local = Path(parsed.netloc + parsed.path) if parsed.netloc else Path(parsed.path)
+        return TrackingTarget(local.resolve().as_uri(), origin)
+    if parsed.scheme in ("http", "https", "") or parsed.scheme.startswith("databricks"):
         return TrackingTarget(uri, origin)
     raise TrackingError(
         f"Tracking URI {uri!r} is not supported; use file:./mlruns, sqlite:///PATH.db "
