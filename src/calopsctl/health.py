@@ -72,6 +72,8 @@ def probe_api(client: httpx.Client, url: str) -> Check:
 def _model_summary(body: Any) -> str:
     if not isinstance(body, dict):
         return "serving"
+    if body.get("model_version"):
+        return f"serving model {body['model_version']}"
     model = body.get("model")
     if isinstance(model, dict):
         version = model.get("version") or model.get("sha256", "")[:12]

@@ -204,8 +204,8 @@ def probe(state: StackState, runtime: Runtime) -> list[Check]:
 
 
 def _exited(check: Check, runtime: Runtime, state: StackState) -> Check:
-    where = runtime.where_logs(state)
-    detail = f"{EXITED}: the {check.service} process is gone ({check.detail}); logs: {where}"
+    where = runtime.log_hint(state, check.service)
+    detail = f"{EXITED}: {check.service} is no longer running; its log: {where}"
     return Check(check.service, check.check, DOWN, detail, check.required)
 
 

@@ -80,3 +80,7 @@ class Runtime(ABC):
     def where_logs(self, state: StackState) -> str:
         """Where a user finds the logs."""
         return "calops logs [SERVICE]"
+
+    def log_hint(self, state: StackState, service: str) -> str:
+        """Where a user finds one service's log."""
+        return f"calops logs {service}"

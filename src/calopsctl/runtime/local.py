@@ -90,6 +90,9 @@ class LocalRuntime(Runtime):
     def where_logs(self, state: StackState) -> str:
         return str(self.log_dir)
 
+    def log_hint(self, state: StackState, service: str) -> str:
+        return str(self.log_path(service))
+
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
