@@ -83,3 +83,56 @@ def concrete(expr: str, window: str = "1m") -> str:
     for variable in GRAFANA_RANGES:
         expr = expr.replace(variable, window)
     return expr
+
+
+def panel_queries(dashboard: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(panel title / refId, concrete PromQL) for every target of every panel."""
+    return [
+        (f"{panel['title']} / {target['refId']}", concrete(target["expr"]))
+        for panel in dashboard_panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
+
+
+def instant_query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
+    """The result vector of an instant query; raise on a query error."""
+    import httpx
+
+    response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": expr}, timeout=10.0)
+    body = response.json()
+    if body.get("status") != "success":
+        raise AssertionError(f"Prometheus rejected {expr!r}: {body.get('error')}")
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
+
+
+def finite_values(result: list[dict[str, Any]]) -> list[float]:
+    """The sample values of a query result that are real numbers (not NaN or infinite)."""
+    import math
+
+    values = [float(sample["value"][1]) for sample in result]
+    return [value for value in values if math.isfinite(value)]
+
+
+def wait_for_query(
+    prometheus_url: str, expr: str, *, at_least: float, attempts: int = 120, pause: float = 0.5
+) -> float:
+    """Poll ``expr`` until its first value reaches ``at_least``; raise with the last value."""
+    import time
+
+    last: list[float] = []
+    for _ in range(attempts):
+        last = finite_values(instant_query(prometheus_url, expr))
+        if last and last[0] >= at_least:
+            return last[0]
+        time.sleep(pause)
+    raise AssertionError(f"{expr} never reached {at_least} (last: {last})")
+
+
+def unanswered_panels(prometheus_url: str) -> list[str]:
+    """Panel targets whose PromQL returns no finite sample from Prometheus right now."""
+    return [
+        f"{name}: {expr}"
+        for name, expr in panel_queries(load_dashboard())
+        if not finite_values(instant_query(prometheus_url, expr))
+    ]

@@ -1,0 +1,107 @@
+"""The provisioned Grafana dashboard shows data: every panel's PromQL answers from a real
+Prometheus scraping the real API after real traffic."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from stacktools import (
+    ALERT_RULES,
+    PROMETHEUS_CONFIG,
+    instant_query,
+    unanswered_panels,
+    wait_for_query,
+)
+from support import free_port, running
+
+pytestmark = pytest.mark.integration
+
+ROWS = 24
+
+
+def local_prometheus_config(api_url: str, folder: Path) -> Path:
+    """The shipped prometheus.yml pointed at ``api_url``, scraping every second."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(ALERT_RULES)]
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        if job["job_name"] == "api":
+            job["static_configs"] = [{"targets": [api_url.removeprefix("http://")]}]
+    path = folder / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def prometheus(live_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's prometheus on a free loopback port, scraping the live API each second."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus not found: install Debian's `prometheus` package")
+    folder = tmp_path_factory.mktemp("prometheus")
+    port = free_port()
+    argv = [
+        binary, f"--config.file={local_prometheus_config(live_api, folder)}",
+        f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with running(argv, ready_url=f"{url}/-/ready", log=folder / "prometheus.log"):
+        yield url
+
+
+def synthetic_rows(count: int) -> list[dict[str, Any]]:
+    """Plausible rows with their true calories, from the synthetic generator."""
+    from calapi.synthetic import generate
+
+    frame = generate(count, seed=11)
+    frame["id"] = [f"dash-{i}" for i in range(count)]
+    return list(frame.to_dict("records"))
+
+
+def send_traffic(api_url: str, rows: list[dict[str, Any]]) -> None:
+    """Predict each row, send feedback for each, and one rejected row (a 4xx)."""
+    with httpx.Client(base_url=api_url, timeout=10.0) as client:
+        for row in rows:
+            features = {key: value for key, value in row.items() if key != "Calories"}
+            client.post("/predict", json=features).raise_for_status()
+        for row in rows:
+            feedback = {"id": row["id"], "Calories": row["Calories"]}
+            client.post("/feedback", json=feedback).raise_for_status()
+        bad = {**{k: v for k, v in rows[0].items() if k != "Calories"}, "Weight": -5}
+        assert client.post("/predict", json=bad).status_code == 422
+
+
+@pytest.fixture(scope="module")
+def traffic(live_api: str, prometheus: str) -> str:
+    """Two rounds of traffic, each seen by a scrape, so every rate() has an increase."""
+    predicted = 'sum(app_requests_total{route="/predict", status=~"2.."})'
+    rows = synthetic_rows(2 * ROWS)
+    wait_for_query(prometheus, 'up{job="api"}', at_least=1)
+    before = sum(float(s["value"][1]) for s in instant_query(prometheus, predicted))
+    send_traffic(live_api, rows[:ROWS])
+    wait_for_query(prometheus, predicted, at_least=before + ROWS)
+    send_traffic(live_api, rows[ROWS:])
+    wait_for_query(prometheus, predicted, at_least=before + 2 * ROWS)
+    wait_for_query(prometheus, "sum(app_feedback_lag_seconds_count)", at_least=2 * ROWS)
+    return prometheus
+
+
+def test_every_panel_query_returns_data(traffic: str) -> None:
+    """Each target of each dashboard panel returns at least one finite sample."""
+    assert unanswered_panels(traffic) == []
+
+
+def test_api_alerts_load_in_prometheus(traffic: str) -> None:
+    """The alert rules load into the real Prometheus and the API is not reported down."""
+    rules = httpx.get(f"{traffic}/api/v1/rules", timeout=10.0).json()["data"]["groups"]
+    names = {rule["name"] for group in rules for rule in group["rules"]}
+    assert names == {"ApiDown", "ApiLatencyP95High", "RollingRmsleHigh", "NoFeedbackReceived"}
+    assert instant_query(traffic, 'ALERTS{alertname="ApiDown"}') == []
