@@ -42,9 +42,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
 
 
 @pytest.fixture(scope="session")
-def live_api(
-    trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def live_api(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real API under uvicorn on a free loopback port, serving the trained model."""
     port = free_port()
     log = tmp_path_factory.mktemp("api-log") / "api.log"

@@ -85,6 +85,15 @@ def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 def api_argv(port: int) -> list[str]:
     """The command that serves calapi under uvicorn on 127.0.0.1:``port``."""
     return [
-        sys.executable, "-m", "uvicorn", "--factory", "calapi.app:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "calapi.app:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
     ]

@@ -38,7 +38,10 @@ def main(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", "-V", help="Show the version and exit.", callback=_show_version,
+            "--version",
+            "-V",
+            help="Show the version and exit.",
+            callback=_show_version,
             is_eager=True,
         ),
     ] = False,
