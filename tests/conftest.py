@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import api_argv, free_port, running
 
 from calapi.config import TrainConfig
+from support import api_argv, free_port, running
 
 
 def small_config(output_dir: Path, *, rows: int = 3000, max_iter: int = 60) -> TrainConfig:
@@ -33,12 +33,12 @@ def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in an empty working folder with its own CALOPS_HOME and no tracking URI set."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CALOPS_HOME", str(tmp_path / ".calops"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield tmp_path
+    return tmp_path
 
 
 @pytest.fixture(scope="session")
