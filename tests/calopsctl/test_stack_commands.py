@@ -1,0 +1,320 @@
+"""The stack commands through the CLI, with a recording runtime in place of real processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from calopsctl import stackops
+from calopsctl.cli import app
+from calopsctl.runtime import Selection
+from calopsctl.runtime.base import Availability, Runtime, SaveState, StackSpec
+from calopsctl.secrets import password_file
+from calopsctl.state import StackState, load_state, save_state
+from support import free_port
+
+runner = CliRunner()
+
+
+class RecordingRuntime(Runtime):
+    """Starts nothing; records what it was asked and reports what a test tells it."""
+
+    name = "local"
+
+    def __init__(self, services: list[str] | None = None) -> None:
+        self.services = services or ["api", "prometheus", "grafana", "mlflow"]
+        self.started: list[StackSpec] = []
+        self.stopped = 0
+        self.running: dict[str, bool] = {}
+
+    def availability(self, spec: StackSpec) -> Availability:
+        absent = {s: "not installed" for s in stackops.SERVICES if s not in self.services}
+        return Availability(services=list(self.services), absent=absent)
+
+    def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
+        self.started.append(spec)
+        state.pids = dict.fromkeys(state.services, 1)
+        self.running = dict.fromkeys(state.services, True)
+        save(state)
+
+    def down(self, state: StackState, *, volumes: bool) -> list[str]:
+        self.stopped += 1
+        stopped = [s for s, up in self.running.items() if up]
+        self.running = {}
+        return stopped
+
+    def alive(self, state: StackState) -> dict[str, bool]:
+        return dict(self.running)
+
+    def log_tail(self, state: StackState, service: str, lines: int = 30) -> str:
+        return f"{service}: boom at start-up"
+
+    def stream_logs(
+        self, state: StackState, services: list[str], *, follow: bool, tail: int
+    ) -> None:
+        print(f"logs of {','.join(services)} tail {tail}")
+
+
+@pytest.fixture
+def fake_runtime(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> RecordingRuntime:
+    """A recording runtime that `calops` picks for every command."""
+    runtime = RecordingRuntime()
+    monkeypatch.setattr(stackops, "select_runtime", lambda choice: Selection(runtime, "test"))
+    monkeypatch.setattr(stackops, "runtime_named", lambda name: runtime)
+    monkeypatch.delenv("GRAFANA_ADMIN_PASSWORD", raising=False)
+    return runtime
+
+
+@pytest.fixture
+def model_in_place(isolated_home: Path, trained_model_dir: Path) -> Path:
+    """The tiny trained model copied to ./artifacts, so `up` does not train."""
+    target = isolated_home / "artifacts"
+    shutil.copytree(trained_model_dir, target)
+    return target
+
+
+@pytest.fixture
+def ports() -> list[str]:
+    """Free ports for the four services as CLI options."""
+    return [
+        *("--host-port", str(free_port())),
+        *("--prometheus-port", str(free_port())),
+        *("--grafana-port", str(free_port())),
+        *("--mlflow-port", str(free_port())),
+    ]
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A port something already listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_taken_port_fails_before_anything_starts(
+    fake_runtime: RecordingRuntime, ports: list[str], listener: int, isolated_home: Path
+) -> None:
+    """A taken API port is named with the flag to change it; nothing starts, nothing trains."""
+    result = runner.invoke(app, ["up", *ports, "--host-port", str(listener)])
+    assert result.exit_code == 1
+    assert f"Port {listener} (API) is already in use; pick another with --host-port " in (
+        result.stderr
+    )
+    assert "(or HOST_PORT=" in result.stderr
+    assert fake_runtime.started == []
+    assert load_state() is None
+    assert not (isolated_home / "artifacts").exists()
+
+
+def test_taken_mlflow_port_names_its_own_flag(
+    fake_runtime: RecordingRuntime, ports: list[str], listener: int, model_in_place: Path
+) -> None:
+    """Each service's port error names that service's option and variable."""
+    result = runner.invoke(app, ["up", *ports, "--mlflow-port", str(listener)])
+    assert result.exit_code == 1
+    assert f"Port {listener} (MLflow) is already in use" in result.stderr
+    assert "--mlflow-port" in result.stderr
+    assert "MLFLOW_PORT=" in result.stderr
+
+
+def test_same_port_twice_is_refused(fake_runtime: RecordingRuntime, model_in_place: Path) -> None:
+    """Two services on one port are refused before anything starts."""
+    port = str(free_port())
+    result = runner.invoke(app, ["up", "--host-port", port, "--mlflow-port", port])
+    assert result.exit_code == 1
+    assert "same port" in result.stderr
+
+
+def test_up_without_model_trains_first(
+    fake_runtime: RecordingRuntime, ports: list[str], isolated_home: Path
+) -> None:
+    """With no model in the artifacts folder, up says so, trains one, then starts the stack."""
+    config = isolated_home / "small.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "synthetic", "synthetic_rows": 1500, "synthetic_seed": 3},
+                "model": {"params": {"max_iter": 20}},
+                "outputs": {"dir": "trained"},
+            }
+        )
+    )
+    result = runner.invoke(app, ["up", *ports, "--no-wait", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "No model found in trained/; training the default model first" in result.stderr
+    assert (isolated_home / "trained" / "model.joblib").is_file()
+    assert fake_runtime.started[0].model == str(isolated_home / "trained")
+
+
+def test_up_ends_with_services_urls_and_credentials(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """The closing table lists each service's URL and Grafana's generated login."""
+    result = runner.invoke(app, ["up", *ports, "--no-wait", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["service"]: row for row in json.loads(result.stdout)["services"]}
+    port = ports[ports.index("--host-port") + 1]
+    assert rows["api"]["url"] == f"http://127.0.0.1:{port}"
+    password = password_file().read_text().strip()
+    assert rows["grafana"]["credentials"] == f"admin / {password}"
+    assert password != "admin"
+    assert stat.S_IMODE(password_file().stat().st_mode) == 0o600
+    assert fake_runtime.started[0].grafana_password == password
+
+
+def test_password_is_kept_and_env_wins(
+    fake_runtime: RecordingRuntime,
+    ports: list[str],
+    model_in_place: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The generated password is reused by later ups; GRAFANA_ADMIN_PASSWORD overrides it."""
+    runner.invoke(app, ["up", *ports, "--no-wait"])
+    runner.invoke(app, ["down"])
+    runner.invoke(app, ["up", *ports, "--no-wait"])
+    first, second = fake_runtime.started
+    assert first.grafana_password == second.grafana_password
+    runner.invoke(app, ["down"])
+    monkeypatch.setenv("GRAFANA_ADMIN_PASSWORD", "from-the-environment")
+    runner.invoke(app, ["up", *ports, "--no-wait"])
+    assert fake_runtime.started[-1].grafana_password == "from-the-environment"
+
+
+def test_absent_service_is_reported_not_fatal(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """A runtime without Grafana says it is left out and starts the rest."""
+    fake_runtime.services = ["api", "prometheus", "mlflow"]
+    result = runner.invoke(app, ["up", *ports, "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert "Grafana is left out: not installed." in result.stderr
+    assert "absent: not installed" in result.stdout
+
+
+def test_second_up_reports_what_runs(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """up twice starts once; the second reports the running stack."""
+    assert runner.invoke(app, ["up", *ports, "--no-wait"]).exit_code == 0
+    second = runner.invoke(app, ["up", *ports, "--no-wait", "--json"])
+    assert second.exit_code == 0, second.output
+    assert "already running" in second.stderr
+    assert json.loads(second.stdout)["already_running"] is True
+    assert len(fake_runtime.started) == 1
+
+
+def test_stale_record_is_cleared_and_up_starts_again(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """A record whose processes are all gone is cleaned away and the stack starts anew."""
+    save_state(
+        StackState(
+            runtime="local",
+            ports={"api": 1, "prometheus": 2, "grafana": 3, "mlflow": 4},
+            pids={"api": 999999},
+        )
+    )
+    result = runner.invoke(app, ["up", *ports, "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert "no longer runs" in result.stderr
+    assert len(fake_runtime.started) == 1
+
+
+def test_failed_wait_names_the_service_and_keeps_the_record(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """When a service never gets healthy, up exits 1 naming it with its log, and down cleans."""
+    result = runner.invoke(app, ["up", *ports, "--timeout", "1"])
+    assert result.exit_code == 1
+    assert "API did not become healthy (/healthz: no answer at" in result.stderr
+    assert "api: boom at start-up" in result.stderr
+    assert load_state() is not None
+    assert runner.invoke(app, ["down"]).exit_code == 0
+    assert load_state() is None
+
+
+def test_down_when_nothing_is_up_exits_zero(fake_runtime: RecordingRuntime) -> None:
+    """down with no recorded stack says so and succeeds."""
+    result = runner.invoke(app, ["down"])
+    assert result.exit_code == 0
+    assert "Nothing to take down" in result.stderr
+    assert fake_runtime.stopped == 0
+
+
+@pytest.mark.parametrize("command", ["health", "info", "logs"])
+def test_read_commands_without_a_stack_fail_in_one_line(
+    fake_runtime: RecordingRuntime, command: str
+) -> None:
+    """health, info and logs with nothing up exit 1 with one sentence pointing at up."""
+    result = runner.invoke(app, [command])
+    assert result.exit_code == 1
+    assert "Nothing is up" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_crashed_service_is_red_in_health(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """A service whose process died shows down as exited, and health exits 1."""
+    runner.invoke(app, ["up", *ports, "--no-wait"])
+    fake_runtime.running["mlflow"] = False
+    result = runner.invoke(app, ["health", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    mlflow = next(c for c in report["checks"] if c["service"] == "mlflow")
+    assert report["healthy"] is False
+    assert mlflow["status"] == "down"
+    assert mlflow["detail"].startswith("exited: mlflow is no longer running")
+
+
+def test_info_shows_stack_even_when_api_is_unreachable(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """info --json lists runtime, URLs, tracking URI and credentials; the model says why not."""
+    runner.invoke(app, ["up", *ports, "--no-wait"])
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    port = ports[ports.index("--mlflow-port") + 1]
+    assert data["runtime"] == "local"
+    assert data["tracking_uri"] == f"http://127.0.0.1:{port}"
+    assert "did not answer" in data["model"]["error"]
+    grafana = next(row for row in data["services"] if row["service"] == "grafana")
+    assert grafana["credentials"].startswith("admin / ")
+
+
+def test_logs_of_one_service_and_unknown_service(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """logs SERVICE streams that service; an unknown name lists the choices."""
+    runner.invoke(app, ["up", *ports, "--no-wait"])
+    result = runner.invoke(app, ["logs", "api", "--tail", "7"])
+    assert result.exit_code == 0
+    assert "logs of api tail 7" in result.stdout
+    unknown = runner.invoke(app, ["logs", "redis"])
+    assert unknown.exit_code == 1
+    assert "choose one of api, prometheus, grafana, mlflow" in unknown.stderr
+
+
+def test_docker_asked_for_without_engine(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch, ports: list[str]
+) -> None:
+    """--runtime docker against a socket nobody serves fails in one sentence, starting nothing."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    result = runner.invoke(app, ["up", "--runtime", "docker", *ports])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "Error: Docker was asked for but no engine answers at unix:///nonexistent/docker.sock; "
+        "start Docker or use --runtime local."
+    )
+    assert load_state() is None
