@@ -98,7 +98,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
 
 def finish(results: dict[str, Any]) -> dict[str, Any]:
     """``results`` with the ratios and target verdicts filled in."""
-    head = {key: results[key] for key in ("created", "machine", "settings") if key in results}
+    first: tuple[str, ...] = ("created", "machine", "settings")
+    head = {key: results[key] for key in first if key in results}
     return {
         **head,
         "targets": [target.as_dict() for target in targets(results)],
