@@ -88,8 +88,8 @@ def sex_codes(frame: pd.DataFrame, *, where: str = INPUT) -> FloatArray:
     if bad.size:
         row = int(bad[0])
         raise DataError(
-            f"{_at(where, column, row)}: {frame[column].iloc[row]!r} is not a sex; "
-            "use 'male' or 'female'."
+            f"{_at(where, column, row)}: {str(frame[column].iloc[row])!r} is neither male "
+            "nor female; use 'male' or 'female'."
         )
     return codes
 
@@ -210,7 +210,7 @@ def _numeric(
 
 def _describe(cell: object, value: float) -> str:
     if np.isinf(value):
-        return f"{cell!r} is infinite; fix or remove the row"
+        return f"{str(cell)!r} is infinite; fix or remove the row"
     if cell is None or (isinstance(cell, float) and np.isnan(cell)) or str(cell).strip() == "":
         return "the value is empty or NaN; fill it in or remove the row"
     if str(cell).strip().lower() == "nan":
