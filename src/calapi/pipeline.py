@@ -60,7 +60,7 @@ class CalorieFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 def build_model(model_config: ModelConfig) -> TransformedTargetRegressor:
     """An unfitted estimator: CalorieFeatures -> HistGradientBoosting, fitted on log1p(kcal).
 
-    The log target makes squared error on it the RMSLE the task is scored by.
+    The log target makes squared error on it the RMSLE the model is scored by.
     """
     params = {**model_config.params, "random_state": model_config.random_state}
     gbm = HistGradientBoostingRegressor(**params)

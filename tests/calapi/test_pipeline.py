@@ -20,7 +20,7 @@ from calapi.synthetic import generate
 
 @pytest.fixture(scope="module")
 def fitted() -> TransformedTargetRegressor:
-    """A small model fitted on generated rows (one thread: the test machine is shared)."""
+    """A small model fitted on generated rows (one OpenMP thread: faster on a busy machine)."""
     rows = generate(1500, seed=3)
     model = build_model(ModelConfig(params={"max_iter": 40, "learning_rate": 0.2}))
     with threadpool_limits(limits=1, user_api="openmp"):
