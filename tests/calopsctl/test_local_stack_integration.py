@@ -1,0 +1,215 @@
+"""The local stack for real: `calops up --runtime local` starts uvicorn, mlflow server and
+Prometheus as background processes; health, info, logs, train and down act on them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from calopsctl.runtime import processes
+from calopsctl.stackops import port_free
+from support import api_argv, free_port, running
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed"),
+]
+
+CALOPS = [sys.executable, "-c", "from calopsctl.cli import app; app()"]
+
+
+@dataclass
+class Stack:
+    """A stack brought up by the real CLI in its own folder."""
+
+    folder: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    up: subprocess.CompletedProcess[str]
+
+    def calops(self, *args: str, folder: Path | None = None) -> subprocess.CompletedProcess[str]:
+        where = folder or self.folder
+        env = {**self.env, "CALOPS_HOME": str(where / ".calops")}
+        return subprocess.run(
+            [*CALOPS, *args],
+            cwd=where,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+
+    def state(self) -> dict[str, object]:
+        path = self.folder / ".calops" / "stack.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def pids(self) -> dict[str, int]:
+        return dict(self.state().get("pids", {}))  # type: ignore[call-overload]
+
+
+def _port_options(ports: dict[str, int]) -> list[str]:
+    return [
+        *("--host-port", str(ports["api"])),
+        *("--prometheus-port", str(ports["prometheus"])),
+        *("--grafana-port", str(ports["grafana"])),
+        *("--mlflow-port", str(ports["mlflow"])),
+    ]
+
+
+def _small_config(folder: Path) -> Path:
+    config = folder / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "synthetic", "synthetic_rows": 2000, "synthetic_seed": 5},
+                "model": {"params": {"max_iter": 30, "learning_rate": 0.2}},
+                "outputs": {"dir": "artifacts"},
+            }
+        )
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, trained_model_dir: Path) -> Iterator[Stack]:
+    """One real local stack for the whole module, serving the tiny trained model."""
+    folder = tmp_path_factory.mktemp("stack")
+    shutil.copytree(trained_model_dir, folder / "artifacts")
+    _small_config(folder)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HOST_PORT")}
+    env.pop("GRAFANA_ADMIN_PASSWORD", None)
+    ports = {s: free_port() for s in ("api", "prometheus", "grafana", "mlflow")}
+    handle = Stack(folder, env, ports, up=subprocess.CompletedProcess([], 0, "", ""))
+    try:
+        handle.up = handle.calops("up", "--runtime", "local", *_port_options(ports), "--json")
+        yield handle
+    finally:
+        handle.calops("down")
+        for pid in handle.pids().values():
+            processes.stop_group(pid, grace=2)
+
+
+def test_up_starts_every_installed_service(stack: Stack) -> None:
+    """up exits 0, says it chose local, and reports each service healthy or absent."""
+    assert stack.up.returncode == 0, stack.up.stderr
+    assert "Runtime: local (asked for with --runtime local)." in stack.up.stderr
+    rows = {row["service"]: row for row in json.loads(stack.up.stdout)["services"]}
+    for service in ("api", "prometheus", "mlflow"):
+        assert rows[service]["status"] == "healthy"
+        assert rows[service]["url"] == f"http://127.0.0.1:{stack.ports[service]}"
+    if shutil.which("grafana-server") is None and shutil.which("grafana") is None:
+        assert rows["grafana"]["status"].startswith("absent: grafana-server is not installed")
+
+
+def test_health_passes_with_prometheus_scraping_the_api(stack: Stack) -> None:
+    """health exits 0 and Prometheus's api target is UP."""
+    result = stack.calops("health", "--json", "--wait", "60")
+    assert result.returncode == 0, result.stdout + result.stderr
+    checks = json.loads(result.stdout)["checks"]
+    target = next(c for c in checks if c["check"] == "target api")
+    assert target["status"] == "up"
+    assert f"127.0.0.1:{stack.ports['api']}/metrics" in target["detail"]
+
+
+def test_health_table_in_plain_lines(stack: Stack) -> None:
+    """Without a terminal, health prints one plain line per check and the verdict."""
+    result = stack.calops("health")
+    assert result.returncode == 0, result.stdout
+    assert "prometheus  target api  up" in result.stdout
+    assert result.stdout.rstrip().endswith("All required services are healthy.")
+
+
+def test_info_json_shows_the_served_model(stack: Stack) -> None:
+    """info --json carries the API's model (its sha256 matches the card) and the stack."""
+    result = stack.calops("info", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    card = json.loads((stack.folder / "artifacts" / "model_card.json").read_text())
+    assert data["model"]["sha256"] == card["sha256"]
+    assert data["runtime"] == "local"
+    assert data["tracking_uri"] == f"http://127.0.0.1:{stack.ports['mlflow']}"
+    assert data["logs"] == str(stack.folder / ".calops" / "logs")
+
+
+def test_second_up_reports_the_running_stack(stack: Stack) -> None:
+    """A second up starts nothing and says what already runs."""
+    before = stack.pids()
+    result = stack.calops("up", "--runtime", "local", *_port_options(stack.ports))
+    assert result.returncode == 0, result.stderr
+    assert "already running" in result.stderr
+    assert stack.pids() == before
+
+
+def test_port_taken_by_the_stack_is_refused_elsewhere(stack: Stack, tmp_path: Path) -> None:
+    """A second stack from another folder on the same API port fails naming port and flag."""
+    shutil.copytree(stack.folder / "artifacts", tmp_path / "artifacts")
+    ports = {**{s: free_port() for s in stack.ports}, "api": stack.ports["api"]}
+    result = stack.calops("up", "--runtime", "local", *_port_options(ports), folder=tmp_path)
+    assert result.returncode == 1
+    api = stack.ports["api"]
+    assert f"Port {api} (API) is already in use; pick another with --host-port" in result.stderr
+    assert not (tmp_path / ".calops" / "stack.json").exists()
+
+
+def test_logs_show_the_api_log(stack: Stack) -> None:
+    """logs api prints the API's log lines, prefixed with the service."""
+    result = stack.calops("logs", "api", "--tail", "5")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("api        | ")
+
+
+def test_train_logs_to_the_stack_and_api_serves_the_alias(stack: Stack, tmp_path: Path) -> None:
+    """train without --tracking logs to the stack's MLflow; an API serves the registered alias."""
+    result = stack.calops("train", "--config", "config.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    mlflow = f"http://127.0.0.1:{stack.ports['mlflow']}"
+    found = httpx.get(
+        f"{mlflow}/api/2.0/mlflow/registered-models/alias",
+        params={"name": "calories", "alias": "champion"},
+        timeout=10,
+    )
+    assert found.status_code == 200, found.text
+    port = free_port()
+    env = {"CALOPS_MODEL": "models:/calories@champion", "MLFLOW_TRACKING_URI": mlflow}
+    url = f"http://127.0.0.1:{port}"
+    with running(api_argv(port), ready_url=f"{url}/readyz", env=env, log=tmp_path / "api.log"):
+        info = httpx.get(f"{url}/info", timeout=10).json()
+    assert "models:/calories" in json.dumps(info["model"])
+
+
+def test_killed_service_shows_red(stack: Stack) -> None:
+    """A Prometheus killed after up shows down (exited) in health, which exits 1."""
+    os.killpg(stack.pids()["prometheus"], signal.SIGKILL)
+    result = stack.calops("health", "--json")
+    assert result.returncode == 1
+    rows = [c for c in json.loads(result.stdout)["checks"] if c["service"] == "prometheus"]
+    assert rows
+    assert all(c["status"] == "down" for c in rows)
+    assert rows[0]["detail"].startswith("exited: prometheus is no longer running")
+    api = next(c for c in json.loads(result.stdout)["checks"] if c["service"] == "api")
+    assert api["status"] == "up"
+
+
+def test_down_leaves_no_process_and_frees_ports(stack: Stack) -> None:
+    """down stops every process group, frees every port and clears the record; again is a no-op."""
+    pids = stack.pids()
+    result = stack.calops("down")
+    assert result.returncode == 0, result.stderr
+    assert not any(processes.group_alive(pid) for pid in pids.values())
+    assert all(port_free(port) for port in stack.ports.values())
+    assert stack.state() == {}
+    again = stack.calops("down")
+    assert again.returncode == 0
+    assert "Nothing to take down" in again.stderr
