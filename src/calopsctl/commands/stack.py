@@ -49,8 +49,9 @@ def up(
 ) -> None:
     """Bring up the API, Prometheus, Grafana and MLflow, and print where each one is.
 
-    Trains the default model first when none exists. Refuses a port that is taken before
-    starting anything. A second `calops up` reports what already runs.
+    Trains the default model first when none exists.
+    Refuses a taken port before starting anything.
+    A second `calops up` reports what already runs.
 
     [bold]Examples[/]
       calops up
