@@ -256,3 +256,32 @@ def test_engine_check_against_a_socket_nobody_serves(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     assert engine_answers() is False
     assert engine_answers("no-such-docker-binary") is False
+
+
+def _compose_plugin() -> bool:
+    from python_on_whales import DockerClient
+
+    try:
+        return bool(DockerClient().compose.is_installed())
+    except Exception:
+        return False
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _compose_plugin(), reason="the Docker Compose v2 plugin is not installed")
+def test_real_compose_reads_the_stack_with_the_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real python-on-whales: compose config sees the env file's ports; offline drops grafana."""
+    monkeypatch.delenv("CALOPS_COMPOSE_FILES", raising=False)
+    for name in ("HOST_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT", "MLFLOW_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    runtime = DockerRuntime(tmp_path / "home")
+    assert runtime.availability(_spec(tmp_path)).services == ALL
+    config = runtime.client.compose.config(return_json=True)
+    assert str(config["services"]["api"]["ports"][0]["published"]) == "8010"
+    offline = paths.stack_dir() / "compose.offline.yaml"
+    monkeypatch.setenv("CALOPS_COMPOSE_FILES", str(offline))
+    available = runtime.availability(_spec(tmp_path))
+    assert available.services == ["api", "prometheus", "mlflow"]
+    assert available.absent == {"grafana": "left out by the compose files"}

@@ -106,7 +106,7 @@ class DockerRuntime(Runtime):
         config = self._compose("read the compose files", lambda c: c.config(return_json=True))
         defined = set(config.get("services", {}))
         services = [s for s in SERVICES if s in defined]
-        absent = {s: "not in the compose files" for s in SERVICES if s not in defined}
+        absent = {s: "left out by the compose files" for s in SERVICES if s not in defined}
         return Availability(services=services, absent=absent)
 
     def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
