@@ -1,0 +1,62 @@
+"""Metric names, labels and the bulk histogram update, on a fresh registry per test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from api_support import api_client, row, sample
+from calapi.metrics import CALORIE_BUCKETS, ApiMetrics, observe_many
+
+
+def test_observe_many_equals_one_observe_per_value() -> None:
+    """Bulk observation gives the same buckets, count and sum as a loop of observe()."""
+    values = np.random.default_rng(3).uniform(-5, 450, 1000)
+    values[:5] = [5.0, 10.0, 400.0, 0.0, 1e6]  # exactly on bounds and beyond the last
+    bulk, loop = CollectorRegistry(), CollectorRegistry()
+    observe_many(Histogram("h", "h", buckets=CALORIE_BUCKETS, registry=bulk), values)
+    one_by_one = Histogram("h", "h", buckets=CALORIE_BUCKETS, registry=loop)
+    for value in values:
+        one_by_one.observe(value)
+    for bound in (*CALORIE_BUCKETS, float("inf")):
+        le = str(float(bound)) if bound != float("inf") else "+Inf"
+        assert bulk.get_sample_value("h_bucket", {"le": le}) == loop.get_sample_value(
+            "h_bucket", {"le": le}
+        )
+    assert bulk.get_sample_value("h_sum") == pytest.approx(loop.get_sample_value("h_sum"))
+
+
+def test_model_info_points_at_one_model() -> None:
+    """Swapping models leaves exactly one app_model_info series, for the current model."""
+    registry = CollectorRegistry()
+    metrics = ApiMetrics(registry)
+    metrics.show_model("v1", "a" * 64, "artifacts")
+    metrics.show_model("v2", "b" * 64, "artifacts")
+    assert sample(registry, "app_model_info", version="v1", sha256="a" * 12,
+                  source="artifacts") == 0  # fmt: skip
+    assert sample(registry, "app_model_info", version="v2", sha256="b" * 12,
+                  source="artifacts") == 1  # fmt: skip
+    metrics.show_model(None)
+    assert sample(registry, "app_model_loaded") == 0
+
+
+@pytest.mark.anyio
+async def test_routes_are_labelled_by_template(trained_model_dir: object) -> None:
+    """Known routes keep their template; unknown paths share one 'unmatched' label."""
+    async with api_client(str(trained_model_dir)) as client:
+        await client.post("/predict", json=row())
+        await client.get("/no/such/path/123")
+        await client.get("/another-missing")
+        text = (await client.get("/metrics")).text
+        registry = client.registry  # type: ignore[attr-defined]
+    assert sample(registry, "app_requests_total", route="unmatched", method="GET",
+                  status="404") == 2  # fmt: skip
+    assert sample(registry, "app_request_latency_seconds_count", route="/predict") == 1
+    for name in (
+        "app_requests_total", "app_request_latency_seconds_bucket", "app_pred_calories_bucket",
+        "app_feedback_lag_seconds_bucket", "app_rolling_rmsle_5m NaN", "app_model_info{",
+        "app_feedback_pending_predictions", "app_feedback_evictions_total",
+        "app_out_of_range_rows_total",
+    ):  # fmt: skip
+        assert name in text

@@ -1,0 +1,102 @@
+"""The fast predictor equals the plain model call within 1e-9 kcal, alone and micro-batched."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.dummy import DummyRegressor
+
+from calapi import predictor as predictor_module
+from calapi.batching import MicroBatcher
+from calapi.features import FEATURES, PLAUSIBLE
+from calapi.models import LocalSource
+from calapi.predictor import PlainPredictor, build_predictor, pack_forest, probe_rows
+
+TOLERANCE = 1e-9
+
+
+@pytest.fixture(scope="module")
+def estimator(trained_model_dir: Path) -> Any:
+    """The trainer's fitted estimator."""
+    return joblib.load(trained_model_dir / "model.joblib")
+
+
+def _rows(count: int, seed: int) -> np.ndarray:
+    rows = probe_rows(None, count)
+    jitter = np.random.default_rng(seed).uniform(0.9, 1.1, rows.shape)
+    jitter[:, 0] = 1.0
+    low = [0.0, *(PLAUSIBLE[name][0] for name in FEATURES[1:])]
+    high = [1.0, *(PLAUSIBLE[name][1] for name in FEATURES[1:])]
+    return np.clip(rows * jitter, low, high)
+
+
+def test_trainer_model_gets_the_fast_path(estimator: Any) -> None:
+    """The trainer's estimator layout is recognised and served by the fast predictor."""
+    assert build_predictor(estimator, probe_rows(None)).kind == "fast"
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 64, 65, 500, 3000])
+def test_fast_equals_plain_for_singles_and_batches(estimator: Any, count: int) -> None:
+    """Both fast code paths (packed trees, compiled predict) equal model.predict(DataFrame)."""
+    fast = build_predictor(estimator, probe_rows(None))
+    rows = _rows(count, seed=count)
+    np.testing.assert_allclose(fast(rows), PlainPredictor(estimator)(rows), rtol=0, atol=TOLERANCE)
+
+
+def test_single_rows_one_by_one(estimator: Any) -> None:
+    """Row by row, including out-of-training-range values, the two paths agree."""
+    fast = build_predictor(estimator, probe_rows(None))
+    plain = PlainPredictor(estimator)
+    extremes = np.array([[0, 1, 50, 10, 0, 20, 30], [1, 120, 260, 400, 1440, 250, 45]], float)
+    for single in (*_rows(40, seed=1), *extremes):
+        assert abs(fast(single[None, :])[0] - plain(single[None, :])[0]) <= TOLERANCE
+
+
+def test_other_estimators_use_the_plain_call() -> None:
+    """An estimator not shaped like the trainer's is served through predict(DataFrame)."""
+    rows = probe_rows(None, 5)
+    dummy = DummyRegressor(constant=42.0, strategy="constant").fit(rows, np.zeros(5))
+    predictor = build_predictor(dummy, rows)
+    assert predictor.kind == "plain"
+    assert predictor(rows).tolist() == [42.0] * 5
+
+
+def test_concurrent_mixed_requests_through_the_batcher(
+    trained_model_dir: Path, estimator: Any
+) -> None:
+    """Hundreds of concurrent singles and batches, merged by the batcher, equal the plain call."""
+    model = LocalSource(trained_model_dir).load()
+    requests = [_rows(1 + (i % 5) * (i % 3) * 7, seed=100 + i) for i in range(300)]
+
+    async def run_all() -> tuple[list[np.ndarray], list[int]]:
+        sizes: list[int] = []
+        batcher = MicroBatcher(lambda: model, max_rows=256, on_batch=sizes.append)
+        answers = await asyncio.gather(*(batcher.predict(rows) for rows in requests))
+        batcher.close()
+        return [kcal for kcal, _ in answers], sizes
+
+    answers, batch_sizes = asyncio.run(run_all())
+    expected = PlainPredictor(estimator)(np.concatenate(requests))
+    np.testing.assert_allclose(np.concatenate(answers), expected, rtol=0, atol=TOLERANCE)
+    assert [len(kcal) for kcal in answers] == [len(rows) for rows in requests]
+    assert sum(batch_sizes) == sum(len(rows) for rows in requests)
+    assert len(batch_sizes) < len(requests)  # concurrent requests really were merged
+
+
+def test_a_predictor_that_disagrees_is_not_used(
+    estimator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the fast path ever differs from the plain call at load time, the plain one serves."""
+
+    def off_by_a_little(gbm: Any) -> Any:
+        forest = pack_forest(gbm)
+        return dataclasses.replace(forest, baseline=forest.baseline + 1e-6)
+
+    monkeypatch.setattr(predictor_module, "pack_forest", off_by_a_little)
+    assert build_predictor(estimator, probe_rows(None)).kind == "plain"
