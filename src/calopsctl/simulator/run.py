@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from calopsctl.simulator.engine import Engine
+from calopsctl.simulator.http1 import Http1Transport
 from calopsctl.simulator.plan import RequestPlan
 from calopsctl.simulator.rows import load_pool
 from calopsctl.simulator.settings import SimulationSettings
@@ -21,10 +22,14 @@ TransportFactory = Callable[[SimulationSettings], Transport]
 
 
 def http_transport(settings: SimulationSettings) -> Transport:
-    """Pooled keep-alive connections: one per in-flight prediction and one per feedback."""
-    return HttpxTransport(
-        settings.url, connections=2 * settings.max_in_flight, timeout=settings.timeout
-    )
+    """Pooled keep-alive connections: one per in-flight prediction and one per feedback.
+
+    Plain http goes through the lean client (the rate targets need it); https through httpx.
+    """
+    connections = 2 * settings.max_in_flight
+    if settings.url.startswith("http://"):
+        return Http1Transport(settings.url, connections=connections, timeout=settings.timeout)
+    return HttpxTransport(settings.url, connections=connections, timeout=settings.timeout)
 
 
 def simulate(
@@ -71,6 +76,7 @@ async def _drive(
 
 async def _show_progress(view: View, engine: Engine, stats: Stats) -> None:
     meter = RateMeter()
+    meter(engine.clock(), stats.sent)
     planned_s = engine.settings.planned_seconds
     while True:
         await asyncio.sleep(view.interval)
