@@ -1,5 +1,4 @@
-"""The local stack for real: `calops up --runtime local` starts uvicorn, mlflow server and
-Prometheus as background processes; health, info, logs, train and down act on them."""
+"""The real local stack: uvicorn, mlflow server and Prometheus started by `calops up`."""
 
 from __future__ import annotations
 
