@@ -47,6 +47,17 @@ def train(config_path: Path, artifacts: Path) -> TrainedModel:
     return TrainedModel(artifacts, seconds, config.data.synthetic_rows, dict(result.metrics))
 
 
+def reuse(artifacts: Path) -> TrainedModel:
+    """An artifacts folder trained earlier (training time not measured)."""
+    import json
+
+    if not (artifacts / "model.joblib").is_file():
+        raise FileNotFoundError(f"{artifacts} holds no model.joblib; train one first.")
+    metrics = json.loads((artifacts / "metrics.json").read_text())
+    rows = int(metrics.get("n_train", 0)) + int(metrics.get("n_holdout", 0))
+    return TrainedModel(artifacts.resolve(), float("nan"), rows, metrics)
+
+
 def log_to_mlflow(trained: TrainedModel, store: Path) -> LoggedModel:
     """Log the fitted estimator to a fresh SQLite store under ``store``; return its URIs."""
     import joblib

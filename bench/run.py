@@ -50,6 +50,7 @@ class Options:
     batch_repeats: int
     help_runs: int
     mlflow: bool
+    artifacts: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -65,6 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--batch-rows", type=int, default=10_000)
     parser.add_argument("--no-mlflow", action="store_true", help="skip mlflow models serve")
+    parser.add_argument(
+        "--artifacts", type=Path, help="serve this trained artifacts folder instead of training"
+    )
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     load = loadgen.LoadSpec(
@@ -82,6 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         batch_repeats=3 if quick else 5,
         help_runs=10 if quick else 20,
         mlflow=not args.no_mlflow,
+        artifacts=args.artifacts,
     )
 
 
@@ -140,6 +145,9 @@ class Bench:
         self.results["cli_help"] = timing.as_dict()
 
     def _train(self) -> model.TrainedModel | None:
+        if self.options.artifacts is not None:
+            self.results["training"] = {"skipped": f"reused {self.options.artifacts}"}
+            return model.reuse(self.options.artifacts)
         if not _importable("calapi.train"):
             self.results["training"] = {"skipped": "calapi.train is not available yet"}
             self._step("[yellow]calapi.train is missing: no model, so only the bare endpoint[/]")
