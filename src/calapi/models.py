@@ -128,7 +128,7 @@ class MlflowSource:
                 raise ModelError(f"Could not load {self.uri} from MLflow: {exc}") from None
             files = [local / name for name in MLFLOW_MODEL_FILES if (local / name).is_file()]
             sha256 = file_sha256(files[0]) if files else ""
-            card, note = self._card(found.run_id, folder, sha256)
+            card, note = self._card(found.run_id, folder)
         version = f"{self.name}/{found.version}"
         return assemble(estimator, self.uri, version, sha256, card, note)
 
@@ -146,7 +146,7 @@ class MlflowSource:
                 "MLFLOW_TRACKING_URI and the registered name and alias."
             ) from None
 
-    def _card(self, run_id: str | None, folder: str, sha256: str) -> tuple[Any, str | None]:
+    def _card(self, run_id: str | None, folder: str) -> tuple[Any, str | None]:
         import mlflow
 
         for path in (CARD_FILE, f"model/{CARD_FILE}", f"artifacts/{CARD_FILE}"):
@@ -156,8 +156,9 @@ class MlflowSource:
                 )
             except Exception:  # noqa: S112 - absent at this path: try the next one
                 continue
-            card, _ = _read_card(Path(local), sha256 or None)
-            return card, None
+            # The card's sha256 is that of the run's model.joblib, not of MLflow's own
+            # serialisation, so it cannot be compared here; the run ties them together.
+            return _read_card(Path(local), None)
         return None, f"The MLflow run {run_id} has no {CARD_FILE}."
 
 
