@@ -8,13 +8,16 @@
 # a local Debian base and a local wheel index instead of Docker Hub and PyPI.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
+# The dependency list alone, so that only a change to it reinstalls the dependencies.
+FROM ${PYTHON_IMAGE} AS requirements
+COPY pyproject.toml /src/
+RUN python3 -c "import tomllib; deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /requirements.txt
+
 FROM ${PYTHON_IMAGE} AS build
 ARG PIP_INSTALL_ARGS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-# Dependencies first, from pyproject alone, so a source change reuses this layer.
-COPY pyproject.toml /src/
-RUN python3 -c "import tomllib; deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /tmp/requirements.txt \
- && python3 -m venv /opt/venv \
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install ${PIP_INSTALL_ARGS} hatchling -r /tmp/requirements.txt
 # .dockerignore lets only pyproject.toml, README.md, config.yaml, src/ and stack/ through.
 COPY . /src/

