@@ -166,6 +166,8 @@ class MlflowTracker:
         _prepare_environment(target)
         import mlflow
 
+        _quiet_loggers()  # after the import: importing mlflow sets its own logger's level
+
         self._target = target
         self._mlflow = mlflow
         mlflow.set_tracking_uri(target.uri)
@@ -281,5 +283,9 @@ def _prepare_environment(target: TrackingTarget) -> None:
         # supported choice here, so say yes on the user's behalf.
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _quiet_loggers() -> None:
+    """MLflow's INFO lines (table creation, migrations) are noise in a CLI's output."""
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -155,7 +155,7 @@ def _show(summary: TrainSummary, *, json_output: bool) -> None:
 
     table = Table(title="Training run", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for key, value in _rows(summary):
         table.add_row(key, value)
     console.out.print(table)
