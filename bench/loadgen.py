@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,18 @@ class LoadResult:
     p99_ms: float
     mean_ms: float
     max_ms: float
+    # CPU seconds the server's processes used during the measured run (None: not metered).
+    server_cpu_s: float | None = None
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """Server CPU per answered request: steadier than req/s on a busy machine."""
+        if self.server_cpu_s is None or not self.requests:
+            return None
+        return self.server_cpu_s / self.requests * 1e6
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {**asdict(self), "cpu_us_per_request": self.cpu_us_per_request}
 
 
 class LoadError(RuntimeError):
@@ -116,15 +126,27 @@ def wrk_argv(url: str, script: Path, spec: LoadSpec, duration_s: float) -> list[
     ]
 
 
-def run_wrk(url: str, body: str, spec: LoadSpec, workdir: Path) -> LoadResult:
-    """Warm ``url`` up, then measure it; both runs bounded by wrk's own duration."""
+def run_wrk(
+    url: str,
+    body: str,
+    spec: LoadSpec,
+    workdir: Path,
+    *,
+    cpu_meter: Callable[[], float] | None = None,
+) -> LoadResult:
+    """Warm ``url`` up, then measure it; ``cpu_meter`` (cumulative server CPU s) is read
+    around the measured run only. Both runs are bounded by wrk's own duration."""
     if shutil.which("wrk") is None:
         raise LoadError("wrk is not installed; install it with `apt-get install wrk`.")
     script = workdir / "post.lua"
     script.write_text(lua_script(body), encoding="utf-8")
     if spec.warmup_s > 0:
         _wrk(wrk_argv(url, script, spec, spec.warmup_s), spec.warmup_s)
-    return parse_report(_wrk(wrk_argv(url, script, spec, spec.duration_s), spec.duration_s))
+    before = cpu_meter() if cpu_meter else None
+    result = parse_report(_wrk(wrk_argv(url, script, spec, spec.duration_s), spec.duration_s))
+    if cpu_meter is None or before is None:
+        return result
+    return replace(result, server_cpu_s=cpu_meter() - before)
 
 
 def _wrk(argv: list[str], duration_s: float) -> str:

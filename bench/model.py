@@ -60,9 +60,14 @@ def reuse(artifacts: Path) -> TrainedModel:
 
 def log_to_mlflow(trained: TrainedModel, store: Path) -> LoggedModel:
     """Log the fitted estimator to a fresh SQLite store under ``store``; return its URIs."""
+    import logging
+
     import joblib
     import mlflow
     from mlflow.models import infer_signature
+
+    # mlflow sets its own logger up on import; its store-migration chatter is not results.
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
 
     store.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{store / 'mlflow.db'}"

@@ -70,12 +70,26 @@ def throughput(results: dict[str, Any], server: str) -> float | None:
     return None if load is None else float(load["requests_per_s"])
 
 
+def cpu_per_request(results: dict[str, Any], server: str) -> float | None:
+    """Server CPU microseconds per request in this run, if it was metered."""
+    load = results.get("servers", {}).get(server, {}).get("load")
+    return None if load is None else load.get("cpu_us_per_request")
+
+
 def ratios(results: dict[str, Any]) -> dict[str, float | None]:
-    """calapi's single-row throughput relative to the bare endpoint and to mlflow."""
+    """calapi's single-row throughput relative to the bare endpoint and to mlflow.
+
+    The ``_by_cpu`` ratios compare server CPU per request instead (other / calapi): what
+    the throughput ratio would be if each server had a core to itself, and much less
+    swayed by whatever else runs on the machine.
+    """
     calapi = throughput(results, "calapi")
+    calapi_cpu = cpu_per_request(results, "calapi")
     return {
         "calapi_vs_bare": ratio(calapi, throughput(results, "bare")),
         "calapi_vs_mlflow": ratio(calapi, throughput(results, "mlflow")),
+        "calapi_vs_bare_by_cpu": ratio(cpu_per_request(results, "bare"), calapi_cpu),
+        "calapi_vs_mlflow_by_cpu": ratio(cpu_per_request(results, "mlflow"), calapi_cpu),
     }
 
 
@@ -132,11 +146,13 @@ def render(results: dict[str, Any], console: Console) -> None:
 def _servers_table(results: dict[str, Any]) -> Table:
     load = results["settings"]["load"]
     table = Table(
-        title=f"Single-row POST, wrk {load['threads']} thread / {load['connections']} "
-        f"connections, {load['duration_s']:g} s after {load['warmup_s']:g} s warm-up, "
-        f"best of {load['rounds']} round(s)"
+        title="Single-row POST /predict",
+        caption=f"wrk: {load['threads']} thread, {load['connections']} connections, "
+        f"{load['duration_s']:g} s after {load['warmup_s']:g} s warm-up; "
+        f"best of {load['rounds']} round(s)",
     )
-    for column in ("server", "req/s", "p50 ms", "p99 ms", "errors", "vs bare", "RSS MiB"):
+    columns = ("server", "req/s", "p50 ms", "p99 ms", "errors", "vs bare", "CPU µs/req", "RSS MiB")
+    for column in columns:
         table.add_column(column, justify="left" if column == "server" else "right")
     bare = throughput(results, "bare")
     for name in SERVER_ORDER:
@@ -147,16 +163,18 @@ def _servers_table(results: dict[str, Any]) -> Table:
 def _server_cells(server: dict[str, Any] | None, bare: float | None) -> list[str]:
     if not server or server.get("load") is None:
         reason = (server or {}).get("skipped") or (server or {}).get("error") or "not run"
-        return [f"({_short(reason)})", "", "", "", "", ""]
+        return [f"({_short(reason)})", "", "", "", "", "", ""]
     load = server["load"]
     relative = ratio(load["requests_per_s"], bare)
     rss = server.get("rss_bytes")
+    cpu = load.get("cpu_us_per_request")
     return [
         f"{load['requests_per_s']:,.0f}",
         f"{load['p50_ms']:.2f}",
         f"{load['p99_ms']:.2f}",
         str(load["errors"]),
         "" if relative is None else f"{relative:.2f}x",
+        "" if cpu is None else f"{cpu:,.0f}",
         "" if rss is None else f"{rss / 2**20:,.0f}",
     ]
 
@@ -168,6 +186,13 @@ def _short(text: str, size: int = 60) -> str:
 
 def _other_lines(results: dict[str, Any]) -> list[str]:
     lines = []
+    found = ratios(results)
+    if found["calapi_vs_bare_by_cpu"] is not None:
+        versus_mlflow = found["calapi_vs_mlflow_by_cpu"]
+        lines.append(
+            f"by server CPU per request, calapi is {found['calapi_vs_bare_by_cpu']:.2f}x the bare "
+            "endpoint" + ("" if versus_mlflow is None else f" and {versus_mlflow:.1f}x mlflow")
+        )
     for name, batch in results.get("batch", {}).items():
         if batch and "median_s" in batch:
             lines.append(

@@ -12,8 +12,8 @@ itself could not measure something it should have.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
-import logging
 import os
 import platform
 import signal
@@ -111,7 +111,7 @@ class Bench:
             groups = self._start(specs, stack)
             live = [spec for spec in specs if spec.name in groups]
             self._check_answers(live)
-            self._drive(live)
+            self._drive(live, groups)
             self._time_batches(live)
             for name, pgid in groups.items():
                 self.results["servers"][name]["rss_bytes"] = servers.group_rss_bytes(pgid)
@@ -225,24 +225,25 @@ class Bench:
                 )
             self.results["servers"][spec.name]["single_answer"] = response.json()
 
-    def _drive(self, specs: list[servers.ServerSpec]) -> None:
+    def _drive(self, specs: list[servers.ServerSpec], groups: dict[str, int]) -> None:
         rounds: dict[str, list[loadgen.LoadResult]] = {spec.name: [] for spec in specs}
         for index in range(self.options.rounds):
             for spec in specs:
                 self._step(f"round {index + 1}/{self.options.rounds}: {spec.name}")
+                pgid = groups[spec.name]
                 try:
                     result = loadgen.run_wrk(
-                        spec.predict_url, spec.single_body, self.options.load, self.workdir
+                        spec.predict_url,
+                        spec.single_body,
+                        self.options.load,
+                        self.workdir,
+                        cpu_meter=functools.partial(servers.group_cpu_seconds, pgid),
                     )
                 except loadgen.LoadError as error:
                     self._fail(f"load on {spec.name}", error)
                     continue
                 rounds[spec.name].append(result)
-                self.console.print(
-                    f"    {result.requests_per_s:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                    f"p99 {result.p99_ms:.2f} ms, errors {result.errors}",
-                    highlight=False,
-                )
+                self.console.print(f"    {_summary(result)}", highlight=False)
         for name, results in rounds.items():
             if results:
                 self.results["servers"][name]["load"] = loadgen.best(results).as_dict()
@@ -273,6 +274,15 @@ class Bench:
             self.results["agreement_max_abs_kcal"] = payloads.max_abs_difference(
                 predictions["calapi"], predictions["mlflow"]
             )
+
+
+def _summary(result: loadgen.LoadResult) -> str:
+    cpu = result.cpu_us_per_request
+    return (
+        f"{result.requests_per_s:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+        f"p99 {result.p99_ms:.2f} ms, errors {result.errors}"
+        + ("" if cpu is None else f", server CPU {cpu:,.0f} µs/request")
+    )
 
 
 def _bare_spec() -> servers.ServerSpec:
@@ -341,7 +351,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     # A fixed width keeps the tables whole when the output goes to a file or a CI log.
     console = Console() if sys.stdout.isatty() else Console(width=110)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
     _stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="calops-bench-") as folder:
         results = report.finish(Bench(options, Path(folder), console).run())

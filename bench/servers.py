@@ -151,14 +151,34 @@ def group_rss_bytes(pgid: int, proc: Path = Path("/proc")) -> int:
     return total
 
 
+def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
+    """User plus system CPU seconds used so far by the live processes of group ``pgid``."""
+    ticks = 0
+    for entry in proc.iterdir():
+        fields = _stat_fields(entry) if entry.name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _pgid(entry: Path) -> int | None:
+    fields = _stat_fields(entry)
+    return None if fields is None else int(fields[2])
+
+
+def _stat_fields(entry: Path) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on: 2 = pgrp, 11 = utime, 12 = stime."""
     try:
         stat = (entry / "stat").read_text()
     except OSError:
         return None
-    # Fields after the command name, which is in parentheses and may hold spaces.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[2])
+    # The command name before them is in parentheses and may hold spaces.
+    return parse_stat(stat)
+
+
+def parse_stat(stat: str) -> list[str]:
+    """The fields of a /proc/PID/stat line after the parenthesised command name."""
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 def _rss_bytes(entry: Path) -> int:

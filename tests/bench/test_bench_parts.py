@@ -114,7 +114,7 @@ def test_missing_calapi_is_not_measured_rather_than_failed() -> None:
     """Without calapi the ratios are None and its targets read NOT MEASURED."""
     record = results(bare=load(2000.0), mlflow=load(50.0))
     record["servers"]["calapi"] = {"skipped": "calapi.app is not available yet"}
-    assert report.ratios(record) == {"calapi_vs_bare": None, "calapi_vs_mlflow": None}
+    assert set(report.ratios(record).values()) == {None}
     verdicts = [target.verdict for target in report.targets(record)[:3]]
     assert verdicts == ["NOT MEASURED"] * 3
 
@@ -175,6 +175,38 @@ def test_group_rss_counts_this_process() -> None:
     """The resident memory of this test's own process group is found in /proc."""
     own = servers.parse_vmrss(Path("/proc/self/status").read_text())
     assert servers.group_rss_bytes(os.getpgid(0)) >= own > 0
+
+
+def test_parse_stat_skips_a_command_name_with_spaces_and_parentheses() -> None:
+    """Fields are counted after the last ')', so an odd process name cannot shift them."""
+    stat = "42 (we (ird) name) S 1 42 42 0 -1 4194560 10 0 0 0 150 25 0 0"
+    fields = servers.parse_stat(stat)
+    assert (fields[0], fields[2], fields[11], fields[12]) == ("S", "42", "150", "25")
+
+
+def test_group_cpu_seconds_grows_with_work() -> None:
+    """CPU seconds of this test's process group are read from /proc and increase with work."""
+    group = os.getpgid(0)
+    before = servers.group_cpu_seconds(group)
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    assert servers.group_cpu_seconds(group) > before
+
+
+def test_cpu_per_request_and_its_ratios() -> None:
+    """CPU per request divides metered seconds by requests; the by-CPU ratio is other/calapi."""
+    metered = loadgen.LoadResult(1000, 1.0, 0, 1000.0, 1, 1, 1, 1, 1, server_cpu_s=0.5)
+    assert metered.cpu_us_per_request == 500.0
+    assert loadgen.LoadResult(1, 1.0, 0, 1.0, 1, 1, 1, 1, 1).cpu_us_per_request is None
+    record = results(
+        bare={**load(2000.0), "cpu_us_per_request": 300.0},
+        mlflow={**load(50.0), "cpu_us_per_request": 20_000.0},
+        calapi={**load(1000.0), "cpu_us_per_request": 400.0},
+    )
+    found = report.ratios(record)
+    assert found["calapi_vs_bare_by_cpu"] == 0.75
+    assert found["calapi_vs_mlflow_by_cpu"] == 50.0
 
 
 def test_stop_kills_the_whole_process_group() -> None:
