@@ -104,7 +104,7 @@ class MicroBatcher:
         if model.predict.kind == "fast" or rows > SMALL_BATCH_ROWS:
             return nullcontext()
         if self._limiter is None:
-            from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+            from threadpoolctl import ThreadpoolController
 
             self._limiter = ThreadpoolController()
         limited: AbstractContextManager[Any] = self._limiter.limit(limits=self._threads)
