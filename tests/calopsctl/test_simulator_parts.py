@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+from rich.console import Console
 
 from calapi.errors import CalopsError
 from calapi.features import NUMERIC_FEATURES, PLAUSIBLE
@@ -22,7 +24,9 @@ from calopsctl.simulator.feedback import FeedbackQueue, PendingFeedback
 from calopsctl.simulator.plan import RequestPlan
 from calopsctl.simulator.rows import load_pool
 from calopsctl.simulator.settings import DriftKind, SimulationSettings
+from calopsctl.simulator.stats import Stats, summary
 from calopsctl.simulator.target import DEFAULT_URL, resolve_url
+from calopsctl.simulator.view import RateMeter, print_summary
 from calopsctl.state import StackState, save_state
 
 
@@ -187,3 +191,40 @@ def test_url_comes_from_option_then_seed_env_then_stack_then_default(
     monkeypatch.setenv("URL", "http://127.0.0.1:8010/")
     assert resolve_url(None) == "http://127.0.0.1:8010"
     assert resolve_url("http://h:1") == "http://h:1"
+
+
+def test_rate_meter_reads_the_last_seconds() -> None:
+    """The live rate is the send rate over the last couple of seconds, not since the start."""
+    meter = RateMeter()
+    assert meter(0.0, 0) is None
+    meter(1.0, 10)
+    meter(2.0, 20)
+    assert meter(4.0, 220) == pytest.approx(100.0)
+
+
+def test_summary_lines_name_every_count() -> None:
+    """The printed summary shows sent, ok, each error class, rate, latency, feedback and RMSLE."""
+    stats = Stats(target_rps=10.0, planned=3)
+    for now in (0.0, 0.1, 0.2):
+        stats.on_send(now, 0.0)
+    stats.on_reply(200, 0.01)
+    stats.on_reply(503, 0.02)
+    stats.connection_errors = 1
+    report = summary(
+        stats,
+        run={
+            "url": "http://x",
+            "interrupted": False,
+            "elapsed_s": 0.3,
+            "rows_source": "synthetic",
+            "drift": "none",
+            "batch_size": 1,
+        },
+    )
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console, report)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "sent: 3 of 3 planned" in text
+    assert "4xx 0, 5xx 1, connection 1" in text
+    assert "rate: 10.0/s (target 10/s)" in text
+    assert report["errors"] == 2
