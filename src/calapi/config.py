@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,7 +17,7 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     source: str = "synthetic"
-    synthetic_rows: int = Field(100_000, gt=0)
+    synthetic_rows: Annotated[int, Field(gt=0)] = 100_000
     synthetic_seed: int = 42
 
 
@@ -30,7 +30,7 @@ class ModelConfig(_Section):
 
 class HoldoutConfig(_Section):
     enabled: bool = True
-    fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     seed: int = 42
 
 

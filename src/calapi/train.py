@@ -24,7 +24,7 @@ from typing import IO, Any, Final
 import joblib
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+from threadpoolctl import threadpool_limits
 
 import calapi
 from calapi.config import HoldoutConfig, TrainConfig, default_config_path, load_config
