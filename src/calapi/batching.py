@@ -12,15 +12,25 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from calapi.features import FloatArray
 from calapi.models import LoadedModel
-from calapi.predictor import SMALL_BATCH_ROWS
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the OpenMP/BLAS threads the calling thread's model calls may use.
+
+    The model's compiled predict opens an OpenMP region per tree; on a busy 2-core box
+    the barrier waits cost more than a second thread gains (10,000 rows x 300 trees:
+    ~0.2 s with 1 thread, ~0.9-1.8 s with 2 while other processes compete). Concurrency
+    comes from batching instead. OpenMP's limit is per thread, so this runs in the worker.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -45,18 +55,18 @@ class MicroBatcher:
         *,
         max_rows: int,
         max_wait_seconds: float = 0.0,
-        small_batch_threads: int = 1,
+        threads: int = 1,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._current_model = current_model
         self._max_rows = max_rows
         self._max_wait = max_wait_seconds
-        self._threads = small_batch_threads
         self._on_batch = on_batch
         self._queue: deque[_Job] = deque()
         self._busy = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="calapi-predict")
-        self._limiter: Any = None
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix="calapi-predict", initializer=limit_threads, initargs=(threads,)
+        )
 
     async def predict(self, raw: FloatArray) -> Answer:
         """Predict raw rows; returns the kcal and the model that computed all of them."""
@@ -95,20 +105,7 @@ class MicroBatcher:
         if model is None:
             raise ModelUnavailableError
         raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
-        with self._thread_limit(model, len(raw)):
-            return model.predict(raw), model
-
-    def _thread_limit(self, model: LoadedModel, rows: int) -> AbstractContextManager[Any]:
-        # A tiny batch loses more to waking BLAS/OpenMP threads than it gains; the fast
-        # path uses none, a plain estimator might.
-        if model.predict.kind == "fast" or rows > SMALL_BATCH_ROWS:
-            return nullcontext()
-        if self._limiter is None:
-            from threadpoolctl import ThreadpoolController
-
-            self._limiter = ThreadpoolController()
-        limited: AbstractContextManager[Any] = self._limiter.limit(limits=self._threads)
-        return limited
+        return model.predict(raw), model
 
     def _finish(
         self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], done: Future[Answer]

@@ -108,7 +108,7 @@ class Service:
             lambda: self.holder.current,
             max_rows=max(settings.microbatch_max_rows, 1),
             max_wait_seconds=settings.microbatch_max_wait_ms / 1000.0,
-            small_batch_threads=settings.predict_threads,
+            threads=settings.predict_threads,
             on_batch=metrics.batch_rows.observe,
         )
         self._id_prefix = secrets.token_hex(4)

@@ -50,5 +50,5 @@ class ApiSettings(BaseSettings):
     predict_threads: int = Field(
         default=1,
         gt=0,
-        description="BLAS/OpenMP threads for small batches; big batches use all cores.",
+        description="OpenMP/BLAS threads per model call; batching gives the parallelism.",
     )

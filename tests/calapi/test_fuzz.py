@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api_support import SEED_ROW, api_client
+from calapi import parsing
 
 ANSWERS = {200, 413, 422}
 FIELDS = ["id", "Sex", "Gender", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp"]
@@ -86,3 +88,15 @@ def _check_feedback(call: Callable[[str, bytes], httpx.Response], body: Any) -> 
 def test_feedback_never_answers_5xx(call: Callable[[str, bytes], httpx.Response]) -> None:
     """Random feedback bodies get 200, 404, 409 or 422, never a server error."""
     _check_feedback(call)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(rows, min_size=1, max_size=4))
+def test_numeric_fast_parse_accepts_only_what_the_schema_accepts(items: list[Any]) -> None:
+    """Whenever the fast row reader accepts rows, pydantic accepts them with the same values."""
+    fast = parsing._plain_rows(items, single=False)
+    if fast is None:
+        return
+    validated = parsing.ROWS.validate_python(items)
+    np.testing.assert_array_equal(fast.raw, parsing._encode(validated))
+    assert fast.ids == [item.id for item in validated]
