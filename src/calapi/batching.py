@@ -18,19 +18,7 @@ import numpy as np
 
 from calapi.features import FloatArray
 from calapi.models import LoadedModel
-
-
-def limit_threads(threads: int) -> None:
-    """Cap the OpenMP/BLAS threads the calling thread's model calls may use.
-
-    The model's compiled predict opens an OpenMP region per tree; on a busy 2-core box
-    the barrier waits cost more than a second thread gains (10,000 rows x 300 trees:
-    ~0.2 s with 1 thread, ~0.9-1.8 s with 2 while other processes compete). Concurrency
-    comes from batching instead. OpenMP's limit is per thread, so this runs in the worker.
-    """
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)
+from calapi.predictor import limit_threads
 
 
 class ModelUnavailableError(RuntimeError):
