@@ -44,7 +44,7 @@ class MicroBatcher:
         max_rows: int,
         max_wait_seconds: float = 0.0,
         threads: int = 1,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[FloatArray, FloatArray, LoadedModel], None] | None = None,
     ) -> None:
         self._current_model = current_model
         self._max_rows = max_rows
@@ -93,7 +93,11 @@ class MicroBatcher:
         if model is None:
             raise ModelUnavailableError
         raw = raws[0] if len(raws) == 1 else np.concatenate(raws)
-        return model.predict(raw), model
+        predicted = model.predict(raw)
+        if self._on_batch is not None:
+            # Once per call, off the event loop: the per-row metrics cost one numpy pass.
+            self._on_batch(raw, predicted, model)
+        return predicted, model
 
     def _finish(
         self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], done: Future[Answer]
@@ -111,8 +115,6 @@ class MicroBatcher:
             self._busy = False
 
     def _deliver(self, jobs: list[_Job], predicted: FloatArray, model: LoadedModel) -> None:
-        if self._on_batch is not None:
-            self._on_batch(len(predicted))
         start = 0
         for job in jobs:
             end = start + len(job.raw)

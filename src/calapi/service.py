@@ -13,6 +13,7 @@ from typing import Final
 
 from calapi.batching import MicroBatcher
 from calapi.errors import ModelError
+from calapi.features import FloatArray
 from calapi.feedback import Outcome, PendingStore, RollingRmsle
 from calapi.metrics import ApiMetrics, bind_gauge
 from calapi.models import LoadedModel, ModelSource
@@ -109,7 +110,7 @@ class Service:
             max_rows=max(settings.microbatch_max_rows, 1),
             max_wait_seconds=settings.microbatch_max_wait_ms / 1000.0,
             threads=settings.predict_threads,
-            on_batch=metrics.batch_rows.observe,
+            on_batch=self._record_batch,
         )
         self._id_prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
@@ -144,8 +145,6 @@ class Service:
         add = self.store.add
         for row_id, value in zip(ids, values, strict=True):
             add(str(row_id), value, model.version)
-        self.metrics.observe_predictions(calories)
-        self.metrics.count_out_of_range(model.out_of_range(rows.raw))
         return Served(ids, values, model.version)
 
     def feedback(self, row_id: RowId, actual: float) -> Outcome:
@@ -154,6 +153,11 @@ class Service:
         self.rolling.add(outcome.squared_log_error)
         self.metrics.feedback_lag.observe(outcome.lag_seconds)
         return outcome
+
+    def _record_batch(self, raw: FloatArray, calories: FloatArray, model: LoadedModel) -> None:
+        self.metrics.batch_rows.observe(len(calories))
+        self.metrics.observe_predictions(calories)
+        self.metrics.count_out_of_range(model.out_of_range(raw))
 
     def _assign(self) -> str:
         return f"{self._id_prefix}-{next(self._counter)}"

@@ -60,3 +60,15 @@ async def test_routes_are_labelled_by_template(trained_model_dir: object) -> Non
         "app_out_of_range_rows_total",
     ):  # fmt: skip
         assert name in text
+
+
+@pytest.mark.anyio
+async def test_probes_are_not_counted_as_predictions(trained_model_dir: object) -> None:
+    """/readyz predicts a probe row, but app_pred_calories only counts /predict rows."""
+    async with api_client(str(trained_model_dir)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        await client.post("/predict", json=[row(), row(Age=110)])
+        registry = client.registry  # type: ignore[attr-defined]
+    assert sample(registry, "app_pred_calories_count") == 2
+    assert sample(registry, "app_predict_batch_rows_sum") == 2
+    assert sample(registry, "app_out_of_range_rows_total", feature="Age") == 1

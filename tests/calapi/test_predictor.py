@@ -76,7 +76,9 @@ def test_concurrent_mixed_requests_through_the_batcher(
 
     async def run_all() -> tuple[list[np.ndarray], list[int]]:
         sizes: list[int] = []
-        batcher = MicroBatcher(lambda: model, max_rows=256, on_batch=sizes.append)
+        batcher = MicroBatcher(
+            lambda: model, max_rows=256, on_batch=lambda raw, _kcal, _model: sizes.append(len(raw))
+        )
         answers = await asyncio.gather(*(batcher.predict(rows) for rows in requests))
         batcher.close()
         return [kcal for kcal, _ in answers], sizes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
@@ -32,7 +33,8 @@ async def readyz(service: ServiceDep) -> Response:
     if model is None:
         return _health(service)
     try:
-        await service.batcher.predict(READY_PROBE)
+        # Straight to the model, not through the batcher: a probe is not traffic to count.
+        await asyncio.to_thread(model.predict, READY_PROBE)
     except Exception as exc:
         return json_response(
             {"status": "unavailable", "model_loaded": True, "reason": f"Probe failed: {exc}"}, 503
