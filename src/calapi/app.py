@@ -39,7 +39,13 @@ def create_app(
         await service.stop()
 
     app = FastAPI(
-        title="calapi", version=calapi.__version__, description=DESCRIPTION, lifespan=lifespan
+        title="calapi",
+        version=calapi.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # /metrics is the telemetry; FastAPI's own OpenTelemetry hooks would cost every
+        # request an environment and provider check (~30 us) for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
     for module in (predict, feedback, status, metrics):

@@ -91,7 +91,7 @@ def test_feedback_never_answers_5xx(call: Callable[[str, bytes], httpx.Response]
 
 
 @settings(max_examples=300, deadline=None)
-@given(items=st.lists(rows, min_size=1, max_size=4))
+@given(items=st.lists(rows, min_size=1, max_size=20))
 def test_numeric_fast_parse_accepts_only_what_the_schema_accepts(items: list[Any]) -> None:
     """Whenever the fast row reader accepts rows, pydantic accepts them with the same values."""
     fast = parsing._plain_rows(items, single=False)
