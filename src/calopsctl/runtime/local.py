@@ -132,7 +132,9 @@ class LocalRuntime(Runtime):
         argv += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
         # Artifacts go through the server (HTTP), so clients never write into its folders.
         argv += ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
-        return ServicePlan("mlflow", argv, dict(os.environ))
+        # The server's job-queue workers (several extra processes) serve no purpose here.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        return ServicePlan("mlflow", argv, env)
 
     def _prometheus(self, spec: StackSpec, services: list[str]) -> ServicePlan:
         root = self.home / "prometheus"
