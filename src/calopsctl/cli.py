@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -49,8 +50,22 @@ def main(
     """Operate the calorie-expenditure model stack."""
 
 
+def _unwrap(doc: str | None) -> str:
+    """Join hard-wrapped docstring lines into paragraphs; keep indented blocks (examples).
+
+    Typer's rich help keeps every newline, so source-wrapped prose would print ragged.
+    """
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
+
+
 def _register(function: Callable[..., Any], name: str, panel: str) -> None:
-    app.command(name, rich_help_panel=panel)(expected_failures(function))
+    command = expected_failures(function)
+    command.__doc__ = _unwrap(function.__doc__)
+    app.command(name, rich_help_panel=panel)(command)
 
 
 _register(stack.up, "up", "Stack")
