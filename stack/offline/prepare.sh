@@ -10,6 +10,7 @@
 #      hash of the requirements) and serves it on loopback while the images build,
 #   5. builds the Prometheus, MLflow and API images that stack/compose.offline.yaml names.
 # Then: CALOPS_COMPOSE_FILES=stack/compose.offline.yaml calops up --runtime docker
+# `prepare.sh --engine-only` stops after step 1 (CI uses it to learn whether an engine can run).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,6 +35,7 @@ ensure_engine() {
         docker info >/dev/null 2>&1 && return
         sleep 1
     done
+    kill "$(cat "$logs/dockerd.pid")" 2>/dev/null || true
     tail -n 20 "$logs/dockerd.log" >&2
     echo "dockerd did not answer within 60 s" >&2
     exit 1
@@ -121,6 +123,7 @@ build_images() {
 
 start=$SECONDS
 ensure_engine
+if [[ ${1:-} == --engine-only ]]; then exit 0; fi
 ensure_compose
 ensure_base
 ensure_wheelhouse

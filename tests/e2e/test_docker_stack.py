@@ -60,7 +60,7 @@ def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedP
     shown = " ".join(result.args[1:])
     assert result.returncode == 0, (
         f"`calops {shown}` exited {result.returncode}\n"
-        f"--- stderr ---\n{result.stderr}\n--- stdout ---\n{result.stdout[-4000:]}"
+        f"--- stdout (end) ---\n{result.stdout[-1500:]}\n--- stderr ---\n{result.stderr}"
     )
     return result
 
@@ -207,7 +207,7 @@ services:
       interval: 2s
       timeout: 2s
       retries: 2
-      start_period: 0s
+      start_period: 1s
 """
 
 
