@@ -129,5 +129,8 @@ ensure_base
 ensure_wheelhouse
 serve_wheelhouse
 build_images
+# Under vfs every image layer is a full copy: drop the project's superseded images.
+docker image prune -f --filter label=com.docker.compose.project=calops >/dev/null
+docker builder prune -f --keep-storage 3GB >/dev/null
 step "offline images ready in $((SECONDS - start)) s"
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' 'calops-offline/*'

@@ -207,7 +207,7 @@ services:
       interval: 2s
       timeout: 2s
       retries: 2
-      start_period: 1s
+      start_period: 5s
 """
 
 
@@ -229,7 +229,7 @@ def test_a_failing_healthcheck_names_the_service_and_its_log(
         result = run_calops(workdir, env, *args, timeout=600)
         assert result.returncode == 1, result.stdout + result.stderr
         assert "api" in result.stderr
-        assert "Uvicorn running on" in result.stderr, result.stderr
+        assert "Started server process" in result.stderr, result.stderr
     finally:
         succeeded(run_calops(workdir, env, "down", "--volumes", timeout=300))
     assert leftovers() == {"containers": [], "networks": [], "volumes": []}
