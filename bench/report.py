@@ -93,6 +93,16 @@ def ratios(results: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def round_ratios(results: dict[str, Any], other: str) -> list[float | None]:
+    """calapi's req/s over ``other``'s, round by round (each pair measured minutes apart)."""
+    servers = results.get("servers", {})
+    mine = servers.get("calapi", {}).get("rounds", [])
+    theirs = servers.get(other, {}).get("rounds", [])
+    return [
+        ratio(a["requests_per_s"], b["requests_per_s"]) for a, b in zip(mine, theirs, strict=False)
+    ]
+
+
 def targets(results: dict[str, Any]) -> list[Target]:
     """The plan's "done when" list, evaluated on ``results``."""
     found = ratios(results)
@@ -118,6 +128,10 @@ def finish(results: dict[str, Any]) -> dict[str, Any]:
         **head,
         "targets": [target.as_dict() for target in targets(results)],
         "ratios": ratios(results),
+        "ratios_by_round": {
+            "calapi_vs_bare": round_ratios(results, "bare"),
+            "calapi_vs_mlflow": round_ratios(results, "mlflow"),
+        },
         **results,
     }
 
@@ -187,6 +201,9 @@ def _short(text: str, size: int = 60) -> str:
 def _other_lines(results: dict[str, Any]) -> list[str]:
     lines = []
     found = ratios(results)
+    by_round = [f"{value:.2f}x" for value in round_ratios(results, "bare") if value is not None]
+    if len(by_round) > 1:
+        lines.append(f"calapi vs bare round by round: {', '.join(by_round)}")
     if found["calapi_vs_bare_by_cpu"] is not None:
         versus_mlflow = found["calapi_vs_mlflow_by_cpu"]
         lines.append(

@@ -103,6 +103,7 @@ class Bench:
         """Measure everything the plan asks for; return the results (targets not yet judged)."""
         self.results.update(created=datetime.now(UTC).isoformat(), settings=self._settings())
         self.results["machine"] = _machine()
+        self._warn_if_busy()
         self._time_cli_help()
         trained = self._train()
         logged = self._log_to_mlflow(trained)
@@ -117,6 +118,16 @@ class Bench:
                 self.results["servers"][name]["rss_bytes"] = servers.group_rss_bytes(pgid)
         self.results["machine"]["load_after"] = _load_average()
         return self.results
+
+    def _warn_if_busy(self) -> None:
+        busy = os.getloadavg()[0]
+        cpus = os.cpu_count() or 1
+        if busy > 0.5 * cpus:
+            self._step(
+                f"[yellow]load average {busy:.1f} on {cpus} CPUs: other work shares the cores, "
+                "so absolute numbers will be low and noisy; ratios within the run still hold "
+                "best[/]"
+            )
 
     def _settings(self) -> dict[str, Any]:
         return {

@@ -119,6 +119,17 @@ def test_missing_calapi_is_not_measured_rather_than_failed() -> None:
     assert verdicts == ["NOT MEASURED"] * 3
 
 
+def test_round_ratios_pair_rounds_in_order() -> None:
+    """Round i of calapi is compared with round i of the other server."""
+    record = results()
+    record["servers"] = {
+        "calapi": {"rounds": [load(1000.0), load(1500.0)]},
+        "bare": {"rounds": [load(2000.0), load(2000.0)]},
+    }
+    assert report.round_ratios(record, "bare") == [0.5, 0.75]
+    assert report.round_ratios(record, "mlflow") == []
+
+
 def test_ratio_guards_missing_and_zero() -> None:
     """A ratio is None when a side is missing or the denominator is zero."""
     assert report.ratio(10.0, 4.0) == 2.5
