@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from calapi.drift import DriftSnapshot
 from calapi.features import FEATURES, FloatArray
 
 # Requests are answered in about a millisecond; the tail reaches a big batch's 0.1-0.5 s.
@@ -102,6 +105,10 @@ class ApiMetrics:
             self._current_model = (version, sha256[:12], source)
             self.model_info.labels(*self._current_model).set(1)
 
+    def bind_drift(self, read: Callable[[], DriftSnapshot | None]) -> None:
+        """Export the drift gauges, computed from ``read()`` at each scrape."""
+        self.registry.register(DriftCollector(read))
+
     def observe_predictions(self, values: FloatArray) -> None:
         """Add every predicted value to app_pred_calories, exactly, in one pass."""
         observe_many(self.pred_calories, values)
@@ -182,3 +189,54 @@ class MetricsMiddleware:
 def bind_gauge(gauge: Gauge, read: Callable[[], float]) -> None:
     """Make ``gauge`` read its value at scrape time, so it moves without traffic."""
     gauge.set_function(read)
+
+
+DRIFT_PSI: Final = "app_feature_drift_psi"
+DRIFT_ROWS: Final = "app_drift_window_rows"
+DRIFT_MALE_SHARE: Final = "app_drift_male_share_ratio"
+
+
+class DriftCollector(Collector):
+    """Drift gauges computed at scrape time from the drift window (none without a reference).
+
+    The hot path only adds bin counts; the PSI is computed here, once per scrape.
+    """
+
+    def __init__(self, read: Callable[[], DriftSnapshot | None]) -> None:
+        self._read = read
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names, so the registry can refuse a clash without collecting."""
+        yield from _drift_families()
+
+    def collect(self) -> Iterator[Metric]:
+        """PSI per feature and for the prediction, rows in the window, male share."""
+        snapshot = self._read()
+        if snapshot is None:
+            return
+        psi, rows, male = _drift_families()
+        for name, value in snapshot.psi.items():
+            psi.add_metric([name], value)
+        rows.add_metric([], snapshot.rows)
+        if snapshot.reference_male_share is not None:
+            window = np.nan if snapshot.male_share is None else snapshot.male_share
+            male.add_metric(["window"], window)
+            male.add_metric(["reference"], snapshot.reference_male_share)
+        yield from (psi, rows, male)
+
+
+def _drift_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    return (
+        GaugeMetricFamily(
+            DRIFT_PSI, "Population Stability Index of each feature and of the prediction in "
+            "the drift window against the model card's training reference; NaN until the "
+            "window holds enough rows.", labels=("feature",),
+        ),
+        GaugeMetricFamily(
+            DRIFT_ROWS, "Rows served in the drift window (300 s by default) [rows]."
+        ),
+        GaugeMetricFamily(
+            DRIFT_MALE_SHARE, "Share of male rows: in the drift window and in the training "
+            "reference [ratio].", labels=("distribution",),
+        ),
+    )  # fmt: skip

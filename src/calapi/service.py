@@ -7,11 +7,12 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Final
 
 from calapi.batching import MicroBatcher
+from calapi.drift import DriftMonitor
 from calapi.errors import ModelError
 from calapi.features import FloatArray
 from calapi.feedback import Outcome, PendingStore, RollingRmsle
@@ -37,11 +38,17 @@ class Served:
 class ModelHolder:
     """The model answering now; reloads it when its source changes, swapping atomically."""
 
-    def __init__(self, source: ModelSource, metrics: ApiMetrics) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        metrics: ApiMetrics,
+        on_swap: Callable[[LoadedModel], None] | None = None,
+    ) -> None:
         self.source = source
         self.current: LoadedModel | None = None
         self.problem: str | None = "The model is still loading."
         self._metrics = metrics
+        self._on_swap = on_swap
         self._signature: Hashable = object()
 
     async def refresh(self, *, force: bool = False) -> bool:
@@ -77,6 +84,8 @@ class ModelHolder:
             return False
 
     def _swap(self, model: LoadedModel) -> None:
+        if self._on_swap is not None:
+            self._on_swap(model)
         # One reference assignment: a batch reads the model once, so none sees a mix.
         self.current = model
         self.problem = None
@@ -98,7 +107,11 @@ class Service:
     def __init__(self, settings: ApiSettings, metrics: ApiMetrics, source: ModelSource) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.holder = ModelHolder(source, metrics)
+        self.drift = DriftMonitor(settings.drift_window_seconds, min_rows=settings.drift_min_rows)
+        # A new model brings its own reference, so its drift window starts empty.
+        self.holder = ModelHolder(
+            source, metrics, on_swap=lambda model: self.drift.reset(model, model.card)
+        )
         self.store = PendingStore(
             settings.feedback_max_pending,
             settings.feedback_max_age_seconds,
@@ -117,6 +130,7 @@ class Service:
         self._watcher: asyncio.Task[None] | None = None
         bind_gauge(metrics.rolling_rmsle, self.rolling.value)
         bind_gauge(metrics.pending, self._awaiting)
+        metrics.bind_drift(self.drift.snapshot)
         metrics.show_model(None)
 
     async def start(self) -> None:
@@ -158,6 +172,7 @@ class Service:
         self.metrics.batch_rows.observe(len(calories))
         self.metrics.observe_predictions(calories)
         self.metrics.count_out_of_range(model.out_of_range(raw))
+        self.drift.observe(model, raw, calories)
 
     def _assign(self) -> str:
         return f"{self._id_prefix}-{next(self._counter)}"

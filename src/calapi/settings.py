@@ -27,6 +27,15 @@ class ApiSettings(BaseSettings):
         default=3600.0, gt=0, description="A prediction older than this no longer accepts feedback."
     )
     rolling_window_seconds: float = Field(default=300.0, gt=0)
+    drift_window_seconds: float = Field(
+        default=300.0, gt=0, description="Served rows compared with the training reference."
+    )
+    drift_min_rows: int = Field(
+        default=200,
+        gt=0,
+        description="Rows the drift window needs before it reports a PSI; fewer rows make "
+        "identical distributions look shifted by chance.",
+    )
     max_batch_rows: int = Field(default=10_000, gt=0)
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, gt=0, description="A 10,000-row batch takes about 1.5 MB."

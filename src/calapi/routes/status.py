@@ -44,7 +44,7 @@ async def readyz(service: ServiceDep) -> Response:
 
 @router.get("/info", summary="App, model and environment")
 async def info(service: ServiceDep) -> dict[str, Any]:
-    """Which model answers (source, version, sha256, card) and where it runs."""
+    """Which model answers (source, version, sha256, card), its live drift, where it runs."""
     return {
         "app": {"name": "calapi", "version": calapi.__version__},
         "model": describe_model(service),
@@ -55,6 +55,7 @@ async def info(service: ServiceDep) -> dict[str, Any]:
             "feedback_max_age_seconds": service.settings.feedback_max_age_seconds,
             "rolling_window_seconds": service.settings.rolling_window_seconds,
         },
+        "drift": describe_drift(service),
         "environment": describe_environment(),
     }
 
@@ -91,6 +92,12 @@ def describe_model(service: Service) -> dict[str, Any]:
         "data": card.get("data"),
         "holdout": card.get("holdout"),
     }
+
+
+def describe_drift(service: Service) -> dict[str, Any] | None:
+    """PSI per feature and for the prediction in the drift window; None without a reference."""
+    snapshot = service.drift.snapshot()
+    return None if snapshot is None else snapshot.as_dict()
 
 
 def _health(service: Service) -> Response:
