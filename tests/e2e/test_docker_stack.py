@@ -174,7 +174,9 @@ def test_train_logs_through_the_compose_mlflow(stack: Stack, tmp_path: Path) -> 
     client = MlflowClient(tracking_uri=stack.urls["mlflow"])
     versions = client.search_model_versions("name = 'calories'")
     assert versions, "no registered version of model 'calories'"
-    run = client.get_run(versions[0].run_id)
+    run_id = versions[0].run_id
+    assert run_id, "the registered version names no run"
+    run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "model.joblib"} <= logged
