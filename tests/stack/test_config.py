@@ -90,7 +90,7 @@ def test_promtool_accepts_alert_rules() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 rules found" in result.stdout
+    assert "5 rules found" in result.stdout
 
 
 def test_alerts_fire_on_the_conditions_they_name() -> None:

@@ -24,6 +24,7 @@ from support import free_port, running
 pytestmark = pytest.mark.integration
 
 ROWS = 24
+DRIFT_ROWS = 250  # above the API's default CALOPS_DRIFT_MIN_ROWS, so drift has a value
 
 
 def local_prometheus_config(api_url: str, folder: Path) -> Path:
@@ -79,6 +80,13 @@ def send_traffic(api_url: str, rows: list[dict[str, Any]]) -> None:
         assert client.post("/predict", json=bad).status_code == 422
 
 
+def send_batch(api_url: str, rows: list[dict[str, Any]]) -> None:
+    """Predict ``rows`` in one batch request (no feedback): enough rows for drift."""
+    instances = [{k: v for k, v in row.items() if k not in ("Calories", "id")} for row in rows]
+    response = httpx.post(f"{api_url}/predict", json={"instances": instances}, timeout=30.0)
+    response.raise_for_status()
+
+
 @pytest.fixture(scope="module")
 def traffic(live_api: str, prometheus: str) -> str:
     """Two rounds of traffic, each seen by a scrape, so every rate() has an increase."""
@@ -91,6 +99,8 @@ def traffic(live_api: str, prometheus: str) -> str:
     send_traffic(live_api, rows[ROWS:])
     wait_for_query(prometheus, predicted, at_least=before + 2 * ROWS)
     wait_for_query(prometheus, "sum(app_feedback_lag_seconds_count)", at_least=2 * ROWS)
+    send_batch(live_api, synthetic_rows(DRIFT_ROWS))
+    wait_for_query(prometheus, "app_drift_window_rows", at_least=DRIFT_ROWS)
     return prometheus
 
 
@@ -103,5 +113,11 @@ def test_api_alerts_load_in_prometheus(traffic: str) -> None:
     """The alert rules load into the real Prometheus and the API is not reported down."""
     rules = httpx.get(f"{traffic}/api/v1/rules", timeout=10.0).json()["data"]["groups"]
     names = {rule["name"] for group in rules for rule in group["rules"]}
-    assert names == {"ApiDown", "ApiLatencyP95High", "RollingRmsleHigh", "NoFeedbackReceived"}
+    assert names == {
+        "ApiDown",
+        "ApiLatencyP95High",
+        "RollingRmsleHigh",
+        "NoFeedbackReceived",
+        "FeatureDrift",
+    }
     assert instant_query(traffic, 'ALERTS{alertname="ApiDown"}') == []
