@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def small_config(output_dir: Path, *, rows: int = 3000, max_iter: int = 60) -> T
             "outputs": {"dir": str(output_dir)},
         }
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """Undo environment changes a test makes in-process (MLflow's set_tracking_uri and
+    set_registry_uri export MLFLOW_* variables that later subprocesses would inherit)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

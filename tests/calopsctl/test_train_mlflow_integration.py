@@ -156,8 +156,9 @@ def test_sqlite_store_registers_a_loadable_champion(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=600,
-        check=True,
+        check=False,
     )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert 50.0 < float(predicted.stdout.strip().splitlines()[-1]) < 400.0
 
 
