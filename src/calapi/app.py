@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
+from starlette.routing import BaseRoute
 
 import calapi
+from calapi.fastpath import PredictFastPath
 from calapi.metrics import ApiMetrics, MetricsMiddleware
 from calapi.models import source_for
 from calapi.routes import feedback, metrics, predict, status
@@ -50,9 +52,15 @@ def create_app(
     app.state.service = service
     for module in (predict, feedback, status, metrics):
         app.include_router(module.router)
+    # Added first, so it runs inside MetricsMiddleware: the fast path is counted too.
+    app.add_middleware(PredictFastPath, service=service, route=_route(predict.router, predict.PATH))
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _route(router: APIRouter, path: str) -> BaseRoute:
+    return next(route for route in router.routes if getattr(route, "path", None) == path)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
