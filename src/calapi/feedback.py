@@ -78,12 +78,19 @@ class PendingStore:
 
     def add(self, key: str, predicted: float, model_version: str) -> None:
         """Remember a prediction; a reused id starts over as a new prediction."""
+        self.add_many([key], [predicted], model_version)
+
+    def add_many(self, keys: list[str], predicted: list[float], model_version: str) -> None:
+        """Remember the predictions of one request, made now; evicts once for all of them."""
         now = self._clock()
-        old = self._items.pop(key, None)
-        if old is not None and not old.answered:
-            self.awaiting -= 1
-        self._items[key] = Pending(predicted, now, model_version)
-        self.awaiting += 1
+        items = self._items
+        replaced = 0
+        for key, value in zip(keys, predicted, strict=True):
+            old = items.pop(key, None)
+            if old is not None and not old.answered:
+                replaced += 1
+            items[key] = Pending(value, now, model_version)
+        self.awaiting += len(keys) - replaced
         self._evict(now)
 
     def answer(self, key: str, actual: float) -> Outcome:
@@ -112,21 +119,31 @@ class PendingStore:
     def _evict(self, now: float) -> None:
         items = self._items
         oldest_allowed = now - self._max_age
+        aged = 0
         while items:
             key, entry = next(iter(items.items()))
             if entry.at >= oldest_allowed:
                 break
-            self._drop(key, entry, "age")
+            aged += self._drop(key, entry)
+        pushed = 0
         while len(items) > self._max_items:
             key, entry = next(iter(items.items()))
-            self._drop(key, entry, "capacity")
+            pushed += self._drop(key, entry)
+        # One count per reason and pass: a big batch may push out thousands at once.
+        self._count_evictions("age", aged)
+        self._count_evictions("capacity", pushed)
 
-    def _drop(self, key: str, entry: Pending, reason: EvictionReason) -> None:
+    def _drop(self, key: str, entry: Pending) -> int:
+        """Forget one entry; 1 when it was still awaiting its answer, else 0."""
         del self._items[key]
-        if not entry.answered:
-            self.awaiting -= 1
-            if self._on_evict is not None:
-                self._on_evict(reason, 1)
+        if entry.answered:
+            return 0
+        self.awaiting -= 1
+        return 1
+
+    def _count_evictions(self, reason: EvictionReason, count: int) -> None:
+        if count and self._on_evict is not None:
+            self._on_evict(reason, count)
 
 
 class RollingRmsle:

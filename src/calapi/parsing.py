@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Final
 
 import numpy as np
@@ -14,6 +16,9 @@ from calapi.schemas import ROWS, Row, RowId
 
 _NUMBERS: Final = (int, float)
 _IDS: Final = (int, str)
+_NUMBER_TYPES: Final = frozenset(_NUMBERS)
+_ID_TYPES: Final = frozenset((*_IDS, type(None)))
+_NUMBERS_OF: Final = operator.itemgetter(*NUMERIC_FEATURES)
 _LOW: Final = np.array([0.0, *(PLAUSIBLE[name][0] for name in NUMERIC_FEATURES)])
 _HIGH: Final = np.array([1.0, *(PLAUSIBLE[name][1] for name in NUMERIC_FEATURES)])
 _LOW_LIST: Final = _LOW.tolist()
@@ -86,6 +91,8 @@ def _plain_rows(items: list[Any], *, single: bool) -> ParsedRows | None:
     Accepts exactly what ``Row`` accepts when every value is already a JSON number; for
     anything else it returns None and ``Row`` validates, with its messages per field.
     """
+    if len(items) >= _VECTOR_ROWS:
+        return _plain_matrix(items, single=single)
     read = _plain_table(items)
     if read is None or not _in_bounds(read[0]):
         return None
@@ -115,15 +122,46 @@ def _plain_table(items: list[Any]) -> tuple[list[tuple[Any, ...]], list[Any]] | 
 
 
 def _in_bounds(table: list[tuple[Any, ...]]) -> bool:
-    if len(table) < _VECTOR_ROWS:
-        # A few rows: plain comparisons beat numpy's per-call overhead (NaN fails both).
-        return all(
-            low <= value <= high
-            for values in table
-            for value, low, high in zip(values, _LOW_LIST, _HIGH_LIST, strict=True)
-        )
-    raw = np.array(table, dtype=np.float64)
-    return bool(np.isfinite(raw).all() and (raw >= _LOW).all() and (raw <= _HIGH).all())
+    # A few rows: plain comparisons beat numpy's per-call overhead (NaN fails both).
+    return all(
+        low <= value <= high
+        for values in table
+        for value, low, high in zip(values, _LOW_LIST, _HIGH_LIST, strict=True)
+    )
+
+
+def _plain_matrix(items: list[Any], *, single: bool) -> ParsedRows | None:
+    """``_plain_table`` for many rows: each step one pass in C instead of Python per value."""
+    try:
+        sexes = [item["Sex"] if "Sex" in item else item["Gender"] for item in items]
+        numbers = list(map(_NUMBERS_OF, items))
+        ids = [item.get("id") for item in items]
+        codes = _sex_codes(sexes)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if codes is None or not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(numbers))):
+        return None
+    if not _ID_TYPES.issuperset(map(type, ids)):
+        return None
+    raw = np.empty((len(items), len(_LOW)))
+    raw[:, 0] = codes
+    raw[:, 1:] = np.fromiter(
+        chain.from_iterable(numbers), np.float64, count=len(items) * len(NUMERIC_FEATURES)
+    ).reshape(len(items), len(NUMERIC_FEATURES))
+    if not (np.isfinite(raw).all() and (raw >= _LOW).all() and (raw <= _HIGH).all()):
+        return None
+    return ParsedRows(raw, ids, single=single)
+
+
+def _sex_codes(sexes: list[Any]) -> list[float] | None:
+    """1.0/0.0 per row, looking each distinct spelling up once; None for an unknown one."""
+    codes: dict[Any, float] = {}
+    for spelling in set(sexes):
+        code = SEX_CODES.get(spelling.strip().lower())
+        if code is None:
+            return None
+        codes[spelling] = code
+    return list(map(codes.__getitem__, sexes))
 
 
 def _validate_one(document: dict[str, Any]) -> Row:

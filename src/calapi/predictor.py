@@ -7,8 +7,9 @@ Pipeline([features: CalorieFeatures, gbm: HistGradientBoostingRegressor]). For i
 * small batches (what micro-batching produces): every tree's nodes are packed into flat
   arrays and all trees walk one level per numpy step, a few hundred microseconds for
   any of up to ~64 rows, where scikit-learn pays a Python call per tree (~2.5 ms for 300);
-* big batches: the fitted HistGradientBoostingRegressor's own compiled, multithreaded
-  predict on the engineered matrix.
+* bigger batches: the fitted HistGradientBoostingRegressor's own compiled trees, walked
+  on the binned matrix (what the trees were fitted on: the same leaves as the raw
+  thresholds, ~25% faster), in two halves on two threads for the biggest.
 
 Any other estimator (a user's own script) goes through ``model.predict(DataFrame)``.
 At load time the fast path is checked against that plain call and dropped if it differs.
@@ -102,13 +103,46 @@ def pack_forest(gbm: Any) -> PackedForest | None:
     )
 
 
+class BinnedTrees:
+    """The fitted model's compiled trees over binned features, one OpenMP thread per call.
+
+    A value goes left at a node exactly when its bin does (the bins' edges are the
+    thresholds), and the trees are summed in the model's order from its baseline, so the
+    result equals ``gbm.predict``; the load-time check confirms it.
+    """
+
+    def __init__(self, gbm: Any) -> None:
+        self._bin = gbm._bin_mapper.transform
+        self._missing_bin = gbm._bin_mapper.missing_values_bin_idx_
+        self._trees = [tree.predict_binned for iteration in gbm._predictors for tree in iteration]
+        self._baseline = float(np.asarray(gbm._baseline_prediction).ravel()[0])
+
+    def __call__(self, engineered: FloatArray) -> FloatArray:
+        binned = self._bin(engineered)
+        total = np.full(len(engineered), self._baseline)
+        for predict_binned in self._trees:
+            total += predict_binned(binned, self._missing_bin, 1)
+        return total
+
+
+def binned_trees(gbm: Any) -> Callable[[FloatArray], FloatArray]:
+    """``BinnedTrees`` for a single-output model, else the model's own predict."""
+    try:
+        if gbm.n_trees_per_iteration_ == 1:
+            return BinnedTrees(gbm)
+    except AttributeError:  # another scikit-learn layout: the public predict still works
+        pass
+    predict: Callable[[FloatArray], FloatArray] = gbm.predict
+    return predict
+
+
 class FastPredictor:
     """expm1(trees(engineer(raw))) for the trainer's estimator."""
 
     kind = "fast"
 
     def __init__(self, gbm: Any, forest: PackedForest | None) -> None:
-        self._gbm = gbm
+        self._trees = binned_trees(gbm)
         self._forest = forest
 
     def __call__(self, raw: FloatArray) -> FloatArray:
@@ -117,9 +151,9 @@ class FastPredictor:
         if forest is not None and len(raw) <= SMALL_BATCH_ROWS and np.isfinite(engineered).all():
             log_kcal = forest.raw_predict(engineered)
         elif len(raw) >= SPLIT_ROWS:
-            log_kcal = np.concatenate(list(_splitter().map(self._gbm.predict, _halves(engineered))))
+            log_kcal = np.concatenate(list(_splitter().map(self._trees, _halves(engineered))))
         else:
-            log_kcal = self._gbm.predict(engineered)
+            log_kcal = self._trees(engineered)
         result: FloatArray = np.expm1(log_kcal)
         return result
 

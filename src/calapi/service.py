@@ -156,9 +156,7 @@ class Service:
         calories, model = await self.batcher.predict(rows.raw)
         ids = [self._assign() if row_id is None else row_id for row_id in rows.ids]
         values = calories.tolist()
-        add = self.store.add
-        for row_id, value in zip(ids, values, strict=True):
-            add(str(row_id), value, model.version)
+        self.store.add_many(list(map(str, ids)), values, model.version)
         return Served(ids, values, model.version)
 
     def feedback(self, row_id: RowId, actual: float) -> Outcome:

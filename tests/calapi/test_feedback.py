@@ -106,3 +106,25 @@ def test_reused_id_starts_over() -> None:
     store.answer("1", 12.0)
     store.add("1", 20.0, "v")
     assert store.answer("1", 12.0).predicted == 20.0
+
+
+def test_add_many_equals_one_add_per_row() -> None:
+    """A request's rows added at once leave the same store and eviction counts as one by one."""
+    keys = ["a", "b", "a", "c", "d", "e"]
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    one: list[tuple[str, int]] = []
+    many: list[tuple[str, int]] = []
+    single = PendingStore(3, 60.0, clock=Clock(), on_evict=lambda r, n: one.append((r, n)))
+    batched = PendingStore(3, 60.0, clock=Clock(), on_evict=lambda r, n: many.append((r, n)))
+    single.add("e", 0.5, "v")
+    single.answer("e", 1.0)
+    batched.add("e", 0.5, "v")
+    batched.answer("e", 1.0)
+    for key, value in zip(keys, values, strict=True):
+        single.add(key, value, "v")
+    batched.add_many(keys, values, "v")
+    assert single.awaiting == batched.awaiting == 3
+    assert sum(n for _, n in one) == sum(n for _, n in many) == 2
+    assert {reason for reason, _ in many} == {"capacity"}
+    for key in ("c", "d", "e"):
+        assert single.answer(key, 1.0).predicted == batched.answer(key, 1.0).predicted

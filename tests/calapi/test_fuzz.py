@@ -100,3 +100,23 @@ def test_numeric_fast_parse_accepts_only_what_the_schema_accepts(items: list[Any
     validated = parsing.ROWS.validate_python(items)
     np.testing.assert_array_equal(fast.raw, parsing._encode(validated))
     assert fast.ids == [item.id for item in validated]
+
+
+@settings(max_examples=300, deadline=None)
+@given(odd=rows, position=st.integers(0, 39), size=st.integers(16, 40))
+def test_many_row_fast_parse_matches_the_row_by_row_reader(
+    odd: dict[str, Any], position: int, size: int
+) -> None:
+    """Batches big enough for the vectorised reader: it accepts what the row-by-row one does."""
+    items: list[Any] = [{**SEED_ROW, "id": i, "Duration": 1 + i % 30} for i in range(size)]
+    items[position % size] = odd
+    fast = parsing._plain_rows(items, single=False)
+    table = parsing._plain_table(items)
+    if table is None or not parsing._in_bounds(table[0]):
+        assert fast is None
+        return
+    assert fast is not None
+    np.testing.assert_array_equal(fast.raw, np.array(table[0], dtype=np.float64))
+    assert fast.ids == table[1]
+    validated = parsing.ROWS.validate_python(items)
+    np.testing.assert_array_equal(fast.raw, parsing._encode(validated))

@@ -14,9 +14,17 @@ from sklearn.dummy import DummyRegressor
 
 from calapi import predictor as predictor_module
 from calapi.batching import MicroBatcher
-from calapi.features import FEATURES, PLAUSIBLE
+from calapi.features import FEATURES, PLAUSIBLE, engineer
 from calapi.models import LocalSource
-from calapi.predictor import PlainPredictor, build_predictor, pack_forest, probe_rows
+from calapi.predictor import (
+    BinnedTrees,
+    PlainPredictor,
+    binned_trees,
+    build_predictor,
+    pack_forest,
+    probe_rows,
+    trainer_gbm,
+)
 
 TOLERANCE = 1e-9
 
@@ -102,3 +110,15 @@ def test_a_predictor_that_disagrees_is_not_used(
 
     monkeypatch.setattr(predictor_module, "pack_forest", off_by_a_little)
     assert build_predictor(estimator, probe_rows(None)).kind == "plain"
+
+
+def test_binned_trees_equal_the_model_trees_bit_for_bit(estimator: Any) -> None:
+    """The trees walked on binned rows give gbm.predict's sums exactly, in and far out of range."""
+    gbm = trainer_gbm(estimator)
+    trees = binned_trees(gbm)
+    assert isinstance(trees, BinnedTrees)
+    low = [0.0, *(PLAUSIBLE[name][0] for name in FEATURES[1:])]
+    high = [1.0, *(PLAUSIBLE[name][1] for name in FEATURES[1:])]
+    rows = np.vstack([_rows(500, seed=3), low, high])
+    engineered = engineer(rows)
+    np.testing.assert_array_equal(trees(engineered), gbm.predict(engineered))
