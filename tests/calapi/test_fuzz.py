@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from api_support import SEED_ROW, api_client
 from calapi import parsing
+from calapi.schemas import ROWS
 
 ANSWERS = {200, 413, 422}
 FIELDS = ["id", "Sex", "Gender", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp"]
@@ -97,7 +98,7 @@ def test_numeric_fast_parse_accepts_only_what_the_schema_accepts(items: list[Any
     fast = parsing._plain_rows(items, single=False)
     if fast is None:
         return
-    validated = parsing.ROWS.validate_python(items)
+    validated = ROWS.validate_python(items)
     np.testing.assert_array_equal(fast.raw, parsing._encode(validated))
     assert fast.ids == [item.id for item in validated]
 
@@ -118,5 +119,5 @@ def test_many_row_fast_parse_matches_the_row_by_row_reader(
     assert fast is not None
     np.testing.assert_array_equal(fast.raw, np.array(table[0], dtype=np.float64))
     assert fast.ids == table[1]
-    validated = parsing.ROWS.validate_python(items)
+    validated = ROWS.validate_python(items)
     np.testing.assert_array_equal(fast.raw, parsing._encode(validated))

@@ -115,6 +115,7 @@ def test_a_predictor_that_disagrees_is_not_used(
 def test_binned_trees_equal_the_model_trees_bit_for_bit(estimator: Any) -> None:
     """The trees walked on binned rows give gbm.predict's sums exactly, in and far out of range."""
     gbm = trainer_gbm(estimator)
+    assert gbm is not None
     trees = binned_trees(gbm)
     assert isinstance(trees, BinnedTrees)
     low = [0.0, *(PLAUSIBLE[name][0] for name in FEATURES[1:])]
