@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
 import calapi
-from calapi.fastpath import PredictFastPath
-from calapi.metrics import ApiMetrics, MetricsMiddleware
+from calapi.fastpath import FastPathApi, PredictFastPath
+from calapi.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder
 from calapi.models import source_for
 from calapi.routes import feedback, metrics, predict, status
 from calapi.service import Service
@@ -40,7 +40,7 @@ def create_app(
         yield
         await service.stop()
 
-    app = FastAPI(
+    app = FastPathApi(
         title="calapi",
         version=calapi.__version__,
         description=DESCRIPTION,
@@ -52,9 +52,10 @@ def create_app(
     app.state.service = service
     for module in (predict, feedback, status, metrics):
         app.include_router(module.router)
-    # Added first, so it runs inside MetricsMiddleware: the fast path is counted too.
-    app.add_middleware(PredictFastPath, service=service, route=_route(predict.router, predict.PATH))
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
+    app.fast_path = PredictFastPath(
+        service, _route(predict.router, predict.PATH), RequestRecorder(api_metrics)
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -139,33 +139,15 @@ def observe_many(histogram: Histogram, values: FloatArray) -> None:
     total.inc(float(values.sum()))
 
 
-class MetricsMiddleware:
-    """Pure-ASGI middleware: count and time every HTTP request by its route template."""
+class RequestRecorder:
+    """Counts and times one answered HTTP request under its route template."""
 
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
+    def __init__(self, metrics: ApiMetrics) -> None:
         self.metrics = metrics
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            self._record(scope, status, time.perf_counter() - start)
-
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        """Add the request to app_requests_total and app_request_latency_seconds."""
         route = scope.get("route")
         template = getattr(route, "path", UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
@@ -184,6 +166,32 @@ class MetricsMiddleware:
         )
         self._children[key] = children
         return children
+
+
+class MetricsMiddleware:
+    """Pure-ASGI middleware: count and time every HTTP request by its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.recorder = RequestRecorder(metrics)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.recorder.record(scope, status, time.perf_counter() - start)
 
 
 def bind_gauge(gauge: Gauge, read: Callable[[], float]) -> None:

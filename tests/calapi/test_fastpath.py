@@ -6,10 +6,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from fastapi import FastAPI
 
 from api_support import api_client, row, sample
-from calapi.fastpath import PredictFastPath
+from calapi.fastpath import FastPathApi
 
 pytestmark = pytest.mark.anyio
 
@@ -26,11 +25,9 @@ BODIES = [
 ]
 
 
-def drop_fast_path(app: FastAPI) -> None:
+def drop_fast_path(app: FastPathApi) -> None:
     """From now on, POST /predict goes through FastAPI's routing to the documented route."""
-    fast: object = PredictFastPath
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not fast]
-    app.middleware_stack = app.build_middleware_stack()
+    app.fast_path = None
 
 
 @pytest.mark.parametrize("body", BODIES)
