@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from sklearn.dummy import DummyRegressor
 
+from calapi import compiled as compiled_module
 from calapi import predictor as predictor_module
 from calapi.batching import MicroBatcher
+from calapi.compiled import compiled_walk
 from calapi.features import FEATURES, PLAUSIBLE, engineer
 from calapi.models import LocalSource
 from calapi.predictor import (
@@ -123,3 +125,27 @@ def test_binned_trees_equal_the_model_trees_bit_for_bit(estimator: Any) -> None:
     rows = np.vstack([_rows(500, seed=3), low, high])
     engineered = engineer(rows)
     np.testing.assert_array_equal(trees(engineered), gbm.predict(engineered))
+
+
+@pytest.mark.parametrize("count", [1, 4, 64])
+def test_compiled_walk_equals_the_numpy_walk(estimator: Any, count: int) -> None:
+    """The compiled tree walk gives the numpy walk's sums within 1e-9, out of range too."""
+    gbm = trainer_gbm(estimator)
+    assert gbm is not None
+    forest = pack_forest(gbm)
+    assert forest is not None
+    walk = compiled_walk(forest)
+    assert walk is not None, "numba is a dependency: the compiled walk must be available"
+    rows = engineer(np.vstack([_rows(count, seed=count), probe_rows(None, 2) * 1.5]))
+    np.testing.assert_allclose(walk(rows), forest.raw_predict(rows), rtol=0, atol=TOLERANCE)
+
+
+def test_without_numba_the_numpy_walk_serves(
+    estimator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When numba cannot be imported, the fast predictor still serves, through numpy."""
+    monkeypatch.setattr(compiled_module, "_compiled_kernel", lambda: None)
+    fast = build_predictor(estimator, probe_rows(None))
+    assert fast.kind == "fast"
+    rows = _rows(8, seed=8)
+    np.testing.assert_allclose(fast(rows), PlainPredictor(estimator)(rows), rtol=0, atol=TOLERANCE)
