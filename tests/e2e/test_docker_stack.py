@@ -133,7 +133,8 @@ def test_prometheus_scrapes_the_api_and_counts_the_traffic(stack: Stack) -> None
     predicted = 'sum(app_requests_total{route="/predict", status=~"2.."})'
     before = sum(float(s["value"][1]) for s in instant_query(prometheus, predicted))
     simulate = ["simulate", "--count", str(PREDICTIONS), "--rps", "15", "--feedback-delay", "1"]
-    succeeded(stack.calops(*simulate, "--feedback-fraction", "1"))
+    # Two rows per request: enough rows for the API's drift window to report a value.
+    succeeded(stack.calops(*simulate, "--batch-size", "2", "--feedback-fraction", "1"))
     wait_for_query(prometheus, predicted, at_least=before + PREDICTIONS, attempts=90, pause=1)
     targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]
     api = [t for t in targets["activeTargets"] if t["labels"]["job"] == "api"]
@@ -144,6 +145,7 @@ def test_every_dashboard_panel_has_data(stack: Stack) -> None:
     """Every panel of the provisioned dashboard answers from the compose Prometheus."""
     prometheus = stack.urls["prometheus"]
     wait_for_query(prometheus, "sum(app_feedback_lag_seconds_count)", at_least=1, pause=1)
+    wait_for_query(prometheus, "app_drift_window_rows", at_least=200, pause=1)
     assert unanswered_panels(prometheus) == []
 
 
