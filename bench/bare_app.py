@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from calapi.features import PLAUSIBLE, SEX_CODES
+from calapi.model.features import PLAUSIBLE, SEX_CODES
 
 CONSTANT_ANSWER: dict[str, Any] = {"id": 1, "Calories": 0.0, "model_version": "bare"}
 

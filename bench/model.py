@@ -35,8 +35,8 @@ class LoggedModel:
 
 def train(config_path: Path, artifacts: Path) -> TrainedModel:
     """Train with ``config_path`` (outputs redirected to ``artifacts``) and time the whole run."""
-    from calapi.config import load_config
-    from calapi.train import run
+    from calapi.model.config import load_config
+    from calapi.model.train import run
 
     config = load_config(config_path)
     outputs = config.outputs.model_copy(update={"dir": artifacts})
@@ -91,8 +91,8 @@ def log_to_mlflow(trained: TrainedModel, store: Path) -> LoggedModel:
 
 def sample_rows(n: int, seed: int = BATCH_SEED) -> list[dict[str, Any]]:
     """``n`` plausible request rows (id, Sex and the measures) from the synthetic generator."""
-    from calapi.features import FEATURES
-    from calapi.synthetic import generate
+    from calapi.model.features import FEATURES
+    from calapi.model.synthetic import generate
 
     frame = generate(n, seed)[["id", *FEATURES]]
     rows: list[dict[str, Any]] = frame.to_dict(orient="records")
@@ -103,7 +103,7 @@ def feature_frame(rows: list[dict[str, Any]]) -> Any:
     """The model's input frame for ``rows``: the ``FEATURES`` columns, measures as float64."""
     import pandas as pd
 
-    from calapi.features import FEATURES, NUMERIC_FEATURES
+    from calapi.model.features import FEATURES, NUMERIC_FEATURES
 
     frame = pd.DataFrame(rows)[list(FEATURES)]
     return frame.astype(dict.fromkeys(NUMERIC_FEATURES, "float64"))

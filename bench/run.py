@@ -159,9 +159,9 @@ class Bench:
         if self.options.artifacts is not None:
             self.results["training"] = {"skipped": f"reused {self.options.artifacts}"}
             return model.reuse(self.options.artifacts)
-        if not _importable("calapi.train"):
-            self.results["training"] = {"skipped": "calapi.train is not available yet"}
-            self._step("[yellow]calapi.train is missing: no model, so only the bare endpoint[/]")
+        if not _importable("calapi.model.train"):
+            self.results["training"] = {"skipped": "calapi.model.train is not available yet"}
+            self._step("[yellow]calapi.model.train is missing: no model, so only the bare endpoint[/]")
             return None
         self._step(f"training with {self.options.config} (timed)")
         try:
@@ -198,8 +198,8 @@ class Bench:
             self._skip("mlflow", "--no-mlflow")
         if trained is None:
             self._skip("calapi", "no trained model")
-        elif not _importable("calapi.app"):
-            self._skip("calapi", "calapi.app is not available yet")
+        elif not _importable("calapi.serving.app"):
+            self._skip("calapi", "calapi.serving.app is not available yet")
         else:
             specs.append(_calapi_spec(trained))
         return specs
@@ -317,7 +317,7 @@ def _mlflow_spec(logged: model.LoggedModel) -> servers.ServerSpec:
 
 def _calapi_spec(trained: model.TrainedModel) -> servers.ServerSpec:
     port = servers.free_port()
-    argv = servers.uvicorn_argv("calapi.app:create_app", port, app_dir=ROOT)
+    argv = servers.uvicorn_argv("calapi.serving.app:create_app", port, app_dir=ROOT)
     return servers.ServerSpec(
         "calapi",
         argv,

@@ -38,4 +38,4 @@ WORKDIR /tmp
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=6 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
-CMD ["uvicorn", "--factory", "calapi.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["uvicorn", "--factory", "calapi.serving.app:create_app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]

@@ -10,9 +10,9 @@ from typing import Any, Final
 import httpx
 from prometheus_client import CollectorRegistry
 
-from calapi.app import create_app
-from calapi.config import TrainConfig
-from calapi.settings import ApiSettings
+from calapi.serving.app import create_app
+from calapi.model.config import TrainConfig
+from calapi.serving.settings import ApiSettings
 
 SEED_ROW: Final[dict[str, Any]] = {
     "id": 1, "Gender": "male", "Age": 25, "Height": 180, "Weight": 75, "Duration": 30,
@@ -27,8 +27,8 @@ def row(**changes: Any) -> dict[str, Any]:
 
 
 def train_tiny(output: Path, *, max_iter: int = 30, seed: int = 7) -> Path:
-    """Train a small real model into ``output`` with calapi.train.run; return the folder."""
-    from calapi.train import run
+    """Train a small real model into ``output`` with calapi.model.train.run; return the folder."""
+    from calapi.model.train import run
 
     config = TrainConfig.model_validate(
         {

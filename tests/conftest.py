@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from calapi.config import TrainConfig
+from calapi.model.config import TrainConfig
 from support import api_argv, free_port, running
 
 
@@ -36,7 +36,7 @@ def _restore_environment() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a real trained model, metrics.json and model card (trained once)."""
-    from calapi.train import run
+    from calapi.model.train import run
 
     output = tmp_path_factory.mktemp("artifacts")
     run(small_config(output))

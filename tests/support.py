@@ -89,7 +89,7 @@ def api_argv(port: int) -> list[str]:
         "-m",
         "uvicorn",
         "--factory",
-        "calapi.app:create_app",
+        "calapi.serving.app:create_app",
         "--host",
         "127.0.0.1",
         "--port",

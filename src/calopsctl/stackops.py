@@ -116,7 +116,7 @@ def _spec(options: UpOptions) -> StackSpec:
 
 
 def _artifacts_dir(config_path: Path | None) -> Path:
-    from calapi.config import load_config
+    from calapi.model.config import load_config
 
     return load_config(config_path).outputs.dir.resolve()
 
@@ -161,7 +161,7 @@ def check_ports(ports: dict[str, int], services: list[str]) -> None:
 
 def ensure_model(config_path: Path | None, say: Say) -> Path:
     """The artifacts folder, after training the configured model when it holds none."""
-    from calapi.config import load_config
+    from calapi.model.config import load_config
 
     config = load_config(config_path)
     if config.outputs.model_path.is_file() and config.outputs.card_path.is_file():
@@ -170,7 +170,7 @@ def ensure_model(config_path: Path | None, say: Say) -> Path:
         f"No model found in {config.outputs.dir}/; training the default model first "
         "(about a minute)."
     )
-    from calapi.train import run
+    from calapi.model.train import run
 
     result = run(config)
     say(f"Trained: {result.model_path} (holdout {_rmsle(result.metrics)}).")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from calapi.config import TrainConfig, default_config_path, flatten, load_config
+from calapi.model.config import TrainConfig, default_config_path, flatten, load_config
 from calapi.errors import CalopsError, ConfigError, ModelError
 from calopsctl import paths, tracking
 from calopsctl.tracking import AliasedVersion, LoggedRun, RunRecord, Tracker, TrackingTarget
@@ -159,7 +159,7 @@ def _train(config: TrainConfig, options: TrainOptions, report: Report) -> Produc
 
 def run_builtin(config: TrainConfig, report: Report) -> Produced:
     """Fit with calapi's trainer and read back what it wrote."""
-    from calapi.train import run
+    from calapi.model.train import run
 
     result = run(config, progress=report)
     return _read_outputs(Path(result.model_path), Path(result.metrics_path), Path(result.card_path))
@@ -226,8 +226,8 @@ def _read_metrics(path: Path) -> dict[str, Any]:
 
 def write_card(config: TrainConfig, metrics: Mapping[str, Any]) -> Path:
     """Describe a script's model with what can be known without its training data."""
-    from calapi.features import FEATURES, TARGET, UNITS
-    from calapi.train import file_sha256
+    from calapi.model.features import FEATURES, TARGET, UNITS
+    from calapi.model.train import file_sha256
 
     model_path = config.outputs.model_path
     created = datetime.fromtimestamp(model_path.stat().st_mtime, UTC)
@@ -302,7 +302,7 @@ def _tags(produced: Produced, options: TrainOptions) -> dict[str, str]:
         tracking.TAG_DATA_SOURCE: produced.data_source,
         tracking.TAG_SYNTHETIC: str(produced.synthetic).lower(),
         tracking.TAG_EVALUATED_ON: produced.evaluated_on,
-        tracking.TAG_TRAINER: str(options.script) if options.script else "calapi.train",
+        tracking.TAG_TRAINER: str(options.script) if options.script else "calapi.model.train",
     }
     commit = git_commit()
     if commit:
@@ -345,8 +345,8 @@ def _load_model(path: Path) -> Any:
 
 def _input_example(config: TrainConfig) -> Any:
     """A few raw rows as the API receives them (Sex as strings), to record the signature."""
-    from calapi.features import FEATURES
-    from calapi.synthetic import generate
+    from calapi.model.features import FEATURES
+    from calapi.model.synthetic import generate
 
     rows = generate(INPUT_EXAMPLE_ROWS, seed=config.data.synthetic_seed)
     return rows[list(FEATURES)]
@@ -421,5 +421,5 @@ def _summary(
         run_artifacts=logged.artifact_uri,
         data_source=produced.data_source,
         synthetic=produced.synthetic,
-        trainer=str(options.script) if options.script else "calapi.train",
+        trainer=str(options.script) if options.script else "calapi.model.train",
     )

@@ -113,7 +113,7 @@ def test_targets_pass_and_fail_on_the_plan_limits() -> None:
 def test_missing_calapi_is_not_measured_rather_than_failed() -> None:
     """Without calapi the ratios are None and its targets read NOT MEASURED."""
     record = results(bare=load(2000.0), mlflow=load(50.0))
-    record["servers"]["calapi"] = {"skipped": "calapi.app is not available yet"}
+    record["servers"]["calapi"] = {"skipped": "calapi.serving.app is not available yet"}
     assert set(report.ratios(record).values()) == {None}
     verdicts = [target.verdict for target in report.targets(record)[:3]]
     assert verdicts == ["NOT MEASURED"] * 3

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calapi.data import load_training_data, raw_matrix, read_rows
+from calapi.model.data import load_training_data, raw_matrix, read_rows
 from calapi.errors import DataError
-from calapi.features import FEATURES, TARGET
+from calapi.model.features import FEATURES, TARGET
 
 S5E5_HEADER = "id,Sex,Age,Height,Weight,Duration,Heart_Rate,Body_Temp,Calories"
 EXERCISE_HEADER = "User_ID,Gender,Age,Height,Weight,Duration,Heart_Rate,Body_Temp"

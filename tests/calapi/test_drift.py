@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from calapi.drift import (
+from calapi.serving.drift import (
     FLUSH_ROWS,
     PREDICTION,
     PSI_EPSILON,
@@ -20,10 +20,10 @@ from calapi.drift import (
     psi,
     reference_from_card,
 )
-from calapi.features import FEATURES, NUMERIC_FEATURES, FloatArray, encode_sex
-from calapi.metrics import ApiMetrics
-from calapi.synthetic import generate, true_calories
-from calapi.train import distribution
+from calapi.model.features import FEATURES, NUMERIC_FEATURES, FloatArray, encode_sex
+from calapi.serving.metrics import ApiMetrics
+from calapi.model.synthetic import generate, true_calories
+from calapi.model.train import distribution
 
 SHIFT = {"Weight": 1.20, "Duration": 1.50, "Heart_Rate": 1.12}
 

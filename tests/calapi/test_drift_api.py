@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_support import api_client, sample
-from calapi.synthetic import generate
+from calapi.model.synthetic import generate
 from support import api_argv, free_port, running
 
 SHIFT = {"Weight": 1.20, "Duration": 1.50, "Heart_Rate": 1.12}

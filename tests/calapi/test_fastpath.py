@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from api_support import api_client, row, sample
-from calapi.fastpath import FastPathApi
+from calapi.serving.fastpath import FastPathApi
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from calapi.feedback import (
+from calapi.serving.feedback import (
     AlreadyAnsweredError,
     PendingStore,
     RollingRmsle,

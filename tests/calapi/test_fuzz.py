@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api_support import SEED_ROW, api_client
-from calapi import parsing
-from calapi.schemas import ROWS
+from calapi.serving import parsing
+from calapi.serving.schemas import ROWS
 
 ANSWERS = {200, 413, 422}
 FIELDS = ["id", "Sex", "Gender", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp"]

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from api_support import api_client, row, sample
-from calapi.metrics import CALORIE_BUCKETS, ApiMetrics, observe_many
+from calapi.serving.metrics import CALORIE_BUCKETS, ApiMetrics, observe_many
 
 
 def test_observe_many_equals_one_observe_per_value() -> None:

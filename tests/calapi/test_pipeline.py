@@ -11,11 +11,11 @@ import pytest
 from sklearn.compose import TransformedTargetRegressor
 from threadpoolctl import threadpool_limits
 
-from calapi.config import ModelConfig
+from calapi.model.config import ModelConfig
 from calapi.errors import DataError
-from calapi.features import ENGINEERED_FEATURES, FEATURES, TARGET
-from calapi.pipeline import CalorieFeatures, build_model, to_raw_matrix
-from calapi.synthetic import generate
+from calapi.model.features import ENGINEERED_FEATURES, FEATURES, TARGET
+from calapi.model.pipeline import CalorieFeatures, build_model, to_raw_matrix
+from calapi.model.synthetic import generate
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +59,10 @@ def test_predictions_are_kcal(fitted: TransformedTargetRegressor, rows: pd.DataF
 def test_pickle_round_trip_predicts_the_same(
     fitted: TransformedTargetRegressor, rows: pd.DataFrame
 ) -> None:
-    """A joblib round trip keeps predictions, referencing calapi.pipeline by name."""
+    """A joblib round trip keeps predictions, referencing calapi.model.pipeline by name."""
     buffer = io.BytesIO()
     joblib.dump(fitted, buffer)
-    assert b"calapi.pipeline" in buffer.getvalue()
+    assert b"calapi.model.pipeline" in buffer.getvalue()
     buffer.seek(0)
     np.testing.assert_array_equal(joblib.load(buffer).predict(rows), fitted.predict(rows))
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from sklearn.dummy import DummyRegressor
 
-from calapi import compiled as compiled_module
-from calapi import predictor as predictor_module
-from calapi.batching import MicroBatcher
-from calapi.compiled import compiled_walk
-from calapi.features import FEATURES, PLAUSIBLE, engineer
-from calapi.models import LocalSource
-from calapi.predictor import (
+from calapi.model import compiled as compiled_module
+from calapi.model import predictor as predictor_module
+from calapi.serving.batching import MicroBatcher
+from calapi.model.compiled import compiled_walk
+from calapi.model.features import FEATURES, PLAUSIBLE, engineer
+from calapi.serving.sources import LocalSource
+from calapi.model.predictor import (
     BinnedTrees,
     PlainPredictor,
     binned_trees,

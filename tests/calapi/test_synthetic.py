@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calapi.features import FEATURES, TARGET
-from calapi.synthetic import RANGES, generate, true_calories
+from calapi.model.features import FEATURES, TARGET
+from calapi.model.synthetic import RANGES, generate, true_calories
 
 
 @pytest.fixture(scope="module")

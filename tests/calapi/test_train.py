@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from calapi import train
+from calapi.model import train
 from calapi.errors import CalopsError, ConfigError
-from calapi.features import FEATURES, NUMERIC_FEATURES, TARGET
-from calapi.synthetic import generate
+from calapi.model.features import FEATURES, NUMERIC_FEATURES, TARGET
+from calapi.model.synthetic import generate
 from conftest import small_config
 
 METRIC_KEYS = {"rmsle", "rmse", "mae", "r2", "n_train", "n_holdout", "fit_seconds", "evaluated_on"}
@@ -188,9 +188,9 @@ def write_config(tmp_path: Path) -> Path:
 
 
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m calapi.train`` with the given arguments."""
+    """Run ``python -m calapi.model.train`` with the given arguments."""
     return subprocess.run(
-        [sys.executable, "-m", "calapi.train", *args],
+        [sys.executable, "-m", "calapi.model.train", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -200,7 +200,7 @@ def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_module_trains_and_prints_a_summary(tmp_path: Path) -> None:
-    """python -m calapi.train --no-holdout writes the artifacts and summarises the run."""
+    """python -m calapi.model.train --no-holdout writes the artifacts and summarises the run."""
     completed = run_module("--config", str(write_config(tmp_path)), "--no-holdout", cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr
     assert "train RMSLE" in completed.stdout

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from calapi.errors import CalopsError
-from calapi.features import NUMERIC_FEATURES
+from calapi.model.features import NUMERIC_FEATURES
 from calopsctl.simulator.drift import physiology
 from calopsctl.simulator.run import simulate
 from calopsctl.simulator.settings import DriftKind, SimulationSettings

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from calapi.errors import CalopsError
-from calapi.features import NUMERIC_FEATURES, PLAUSIBLE
+from calapi.model.features import NUMERIC_FEATURES, PLAUSIBLE
 from calopsctl.simulator.answers import predictions
 from calopsctl.simulator.drift import (
     CONCEPT_SCALE,

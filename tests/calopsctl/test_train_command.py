@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from calapi.config import TrainConfig, flatten
+from calapi.model.config import TrainConfig, flatten
 from calapi.errors import CalopsError, ConfigError, DataError
 from calopsctl.cli import app
 from calopsctl.tracking import AliasedVersion, LoggedRun, RunRecord, TrackingTarget
@@ -190,8 +190,8 @@ TRAINS_WITH_CALAPI = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from calapi.config import load_config
-    from calapi.train import run
+    from calapi.model.config import load_config
+    from calapi.model.train import run
 
     run(load_config(Path(sys.argv[sys.argv.index("--config") + 1])))
     """
@@ -202,10 +202,10 @@ WRITES_NO_CARD = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import joblib
-    from calapi.config import load_config
-    from calapi.features import FEATURES, TARGET
-    from calapi.pipeline import build_model
-    from calapi.synthetic import generate
+    from calapi.model.config import load_config
+    from calapi.model.features import FEATURES, TARGET
+    from calapi.model.pipeline import build_model
+    from calapi.model.synthetic import generate
 
     config = load_config(Path("config.yaml"))
     frame = generate(300, seed=1)
@@ -252,7 +252,7 @@ def test_script_without_a_card_gets_one_built(isolated_home: Path) -> None:
         ),
         tracker_factory=fake,
     )
-    from calapi.train import file_sha256
+    from calapi.model.train import file_sha256
 
     card = json.loads((isolated_home / "artifacts" / "model_card.json").read_text())
     assert card["sha256"] == file_sha256(isolated_home / "artifacts" / "model.joblib")

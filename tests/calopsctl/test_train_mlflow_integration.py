@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from calapi.config import TrainConfig, flatten
+from calapi.model.config import TrainConfig, flatten
 from calopsctl.state import DEFAULT_PORTS, StackState
 from calopsctl.training import numeric_metrics
 from conftest import small_config

@@ -60,7 +60,7 @@ def prometheus(live_api: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def synthetic_rows(count: int) -> list[dict[str, Any]]:
     """Plausible rows with their true calories, from the synthetic generator."""
-    from calapi.synthetic import generate
+    from calapi.model.synthetic import generate
 
     frame = generate(count, seed=11)
     frame["id"] = [f"dash-{i}" for i in range(count)]

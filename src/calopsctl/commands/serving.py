@@ -42,8 +42,8 @@ def serve(
       calops serve --port 8010 --model ./artifacts
       MLFLOW_TRACKING_URI=http://127.0.0.1:5000 calops serve --model models:/calories@champion
     """
-    from calapi.server import serve as run_server
-    from calapi.settings import ApiSettings
+    from calapi.serving.server import serve as run_server
+    from calapi.serving.settings import ApiSettings
 
     run_server(
         ApiSettings(host=host, port=port, model=model, reload_interval_seconds=reload_interval)

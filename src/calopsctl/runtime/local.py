@@ -118,7 +118,7 @@ class LocalRuntime(Runtime):
         return sys.executable
 
     def _api(self, spec: StackSpec, services: list[str]) -> ServicePlan:
-        argv = [sys.executable, "-m", "uvicorn", "--factory", "calapi.app:create_app"]
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "calapi.serving.app:create_app"]
         argv += ["--host", "127.0.0.1", "--port", str(spec.ports["api"])]
         env = {**os.environ, "CALOPS_MODEL": spec.model}
         env["MLFLOW_TRACKING_URI"] = spec.url("mlflow")

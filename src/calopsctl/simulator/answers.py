@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from calapi.features import TARGET
+from calapi.model.features import TARGET
 
 VERSION_KEYS = ("model_version", "version")
 

@@ -13,7 +13,7 @@ from typing import Final
 
 import numpy as np
 
-from calapi.features import NUMERIC_FEATURES, PLAUSIBLE, FloatArray
+from calapi.model.features import NUMERIC_FEATURES, PLAUSIBLE, FloatArray
 from calopsctl.simulator.settings import DriftKind
 
 # Multiplicative shift of each input at full strength; Duration and Heart_Rate leave the
@@ -68,7 +68,7 @@ def physiology(sex: np.ndarray, numeric: FloatArray) -> FloatArray:
     """Noise-free kcal of the synthetic generator's equation for these rows."""
     import pandas as pd
 
-    from calapi.synthetic import true_calories
+    from calapi.model.synthetic import true_calories
 
     frame = pd.DataFrame(numeric, columns=list(NUMERIC_FEATURES))
     frame.insert(0, "Sex", sex)

@@ -14,7 +14,7 @@ from typing import Final
 import numpy as np
 import orjson
 
-from calapi.features import NUMERIC_FEATURES, FloatArray
+from calapi.model.features import NUMERIC_FEATURES, FloatArray
 from calopsctl.simulator.drift import apply_drift, ramp
 from calopsctl.simulator.rows import RowPool
 from calopsctl.simulator.settings import SimulationSettings

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 
 from calapi.errors import DataError
-from calapi.features import NUMERIC_FEATURES, TARGET
+from calapi.model.features import NUMERIC_FEATURES, TARGET
 from calopsctl.simulator.drift import RowBlock
 
 if TYPE_CHECKING:
@@ -47,12 +47,12 @@ class RowPool:
 def load_pool(data: Path | None, *, rows_needed: int, seed: int, need_truth: bool) -> RowPool:
     """The rows of ``data`` (truth required when ``need_truth``) or synthetic ones, shuffled."""
     if data is None:
-        from calapi.synthetic import generate
+        from calapi.model.synthetic import generate
 
         frame = generate(min(rows_needed, MAX_SYNTHETIC_POOL), seed)
         source = f"synthetic (seed {seed})"
     else:
-        from calapi.data import read_rows
+        from calapi.model.data import read_rows
 
         frame = read_rows(data, require_target=need_truth)
         source = str(data)

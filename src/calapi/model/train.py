@@ -1,6 +1,6 @@
 """The trainer: load data, fit, evaluate, and write model, metrics and model card atomically.
 
-Run it as ``python -m calapi.train --config config.yaml [--no-holdout] [--data PATH]``.
+Run it as ``python -m calapi.model.train --config config.yaml [--no-holdout] [--data PATH]``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import calapi
-from calapi.config import HoldoutConfig, TrainConfig, default_config_path, load_config
-from calapi.data import LoadedData, load_training_data
+from calapi.model.config import HoldoutConfig, TrainConfig, default_config_path, load_config
+from calapi.model.data import LoadedData, load_training_data
 from calapi.errors import CalopsError, ConfigError, DataError
-from calapi.features import FEATURES, NUMERIC_FEATURES, TARGET, UNITS, FloatArray
-from calapi.pipeline import build_model
+from calapi.model.features import FEATURES, NUMERIC_FEATURES, TARGET, UNITS, FloatArray
+from calapi.model.pipeline import build_model
 
 Progress = Callable[[str], None]
 
@@ -340,7 +340,7 @@ def file_sha256(path: Path) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m calapi.train", description="Train the calorie model and write artifacts."
+        prog="python -m calapi.model.train", description="Train the calorie model and write artifacts."
     )
     parser.add_argument("--config", type=Path, default=None, help="config.yaml to read")
     parser.add_argument(
@@ -367,7 +367,7 @@ def summary(result: TrainResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m calapi.train``; 0 on success, 1 on an expected failure."""
+    """Entry point of ``python -m calapi.model.train``; 0 on success, 1 on an expected failure."""
     args = _parser().parse_args(argv)
     try:
         config = load_config(args.config or default_config_path())

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calapi.features import FloatArray
-from calapi.models import LoadedModel
-from calapi.predictor import limit_threads
+from calapi.model.features import FloatArray
+from calapi.serving.sources import LoadedModel
+from calapi.model.predictor import limit_threads
 
 
 class ModelUnavailableError(RuntimeError):

@@ -5,7 +5,7 @@ Pipeline([features: CalorieFeatures, gbm: HistGradientBoostingRegressor]). For i
 ``predict(raw)`` = expm1(trees(engineer(raw))), computed here two ways:
 
 * small batches (what micro-batching produces): every tree's nodes are packed into flat
-  arrays, walked by compiled code that releases the GIL (``calapi.compiled``, ~20 us)
+  arrays, walked by compiled code that releases the GIL (``calapi.model.compiled``, ~20 us)
   or, without numba, all trees one level per numpy step (a few hundred microseconds),
   where scikit-learn pays a Python call per tree (~2.5 ms for 300);
 * bigger batches: the fitted HistGradientBoostingRegressor's own compiled trees, walked
@@ -27,8 +27,8 @@ from typing import Any, Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from calapi.compiled import compiled_walk
-from calapi.features import FEATURES, FloatArray, engineer
+from calapi.model.compiled import compiled_walk
+from calapi.model.features import FEATURES, FloatArray, engineer
 
 SMALL_BATCH_ROWS: Final = 64
 SPLIT_ROWS: Final = 2048
@@ -217,7 +217,7 @@ def trainer_gbm(model: Any) -> Any | None:
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
 
-    from calapi.pipeline import CalorieFeatures
+    from calapi.model.pipeline import CalorieFeatures
 
     if not isinstance(model, TransformedTargetRegressor):
         return None

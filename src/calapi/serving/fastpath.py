@@ -16,9 +16,9 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 from starlette.types import Receive, Scope, Send
 
-from calapi.metrics import RequestRecorder
-from calapi.routes.predict import PATH, answer
-from calapi.service import Service
+from calapi.serving.metrics import RequestRecorder
+from calapi.serving.routes.predict import PATH, answer
+from calapi.serving.service import Service
 
 JSON_HEADER = (b"content-type", b"application/json")
 

@@ -23,8 +23,8 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from calapi.data import sex_codes
-from calapi.features import FEATURES, TARGET, FloatArray
+from calapi.model.data import sex_codes
+from calapi.model.features import FEATURES, TARGET, FloatArray
 
 KJ_PER_KCAL: Final = 4.184
 

@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from calapi.features import NUMERIC_FEATURES, PLAUSIBLE, SEX_CODES, FloatArray
-from calapi.schemas import ROWS, Row, RowId
+from calapi.model.features import NUMERIC_FEATURES, PLAUSIBLE, SEX_CODES, FloatArray
+from calapi.serving.schemas import ROWS, Row, RowId
 
 _NUMBERS: Final = (int, float)
 _IDS: Final = (int, str)

@@ -68,7 +68,7 @@ def default_config_path() -> Path:
     packaged = Path(__file__).with_name("default_config.yaml")
     if packaged.is_file():
         return packaged
-    return Path(__file__).resolve().parents[2] / "config.yaml"
+    return Path(__file__).resolve().parents[3] / "config.yaml"
 
 
 def load_config(path: Path | None = None) -> TrainConfig:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from calapi.errors import DataError
-from calapi.features import (
+from calapi.model.features import (
     FEATURES,
     NUMERIC_FEATURES,
     PLAUSIBLE,
@@ -61,7 +61,7 @@ def load_training_data(
 ) -> LoadedData:
     """Load training rows from ``"synthetic"`` or a CSV path in any supported layout."""
     if str(source).strip().lower() == SYNTHETIC:
-        from calapi.synthetic import generate
+        from calapi.model.synthetic import generate
 
         frame = generate(synthetic_rows, synthetic_seed)[[*FEATURES, TARGET]]
         description = (

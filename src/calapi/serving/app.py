@@ -12,12 +12,12 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import BaseRoute
 
 import calapi
-from calapi.fastpath import FastPathApi, PredictFastPath
-from calapi.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder
-from calapi.models import source_for
-from calapi.routes import feedback, metrics, predict, status
-from calapi.service import Service
-from calapi.settings import ApiSettings
+from calapi.serving.fastpath import FastPathApi, PredictFastPath
+from calapi.serving.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder
+from calapi.serving.sources import source_for
+from calapi.serving.routes import feedback, metrics, predict, status
+from calapi.serving.service import Service
+from calapi.serving.settings import ApiSettings
 
 DESCRIPTION = (
     "Predicts the energy expenditure [kcal] of an exercise session, takes the true value "

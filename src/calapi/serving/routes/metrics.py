@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from calapi.routes.deps import ServiceDep
+from calapi.serving.routes.deps import ServiceDep
 
 router = APIRouter(tags=["metrics"])
 

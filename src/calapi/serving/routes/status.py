@@ -9,11 +9,11 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 import calapi
-from calapi.environment import describe_environment
-from calapi.predictor import probe_rows
-from calapi.routes.deps import ServiceDep, json_response, responses
-from calapi.schemas import Health
-from calapi.service import Service
+from calapi.serving.environment import describe_environment
+from calapi.model.predictor import probe_rows
+from calapi.serving.routes.deps import ServiceDep, json_response, responses
+from calapi.serving.schemas import Health
+from calapi.serving.service import Service
 
 router = APIRouter(tags=["status"])
 READY_PROBE = probe_rows(None, 1)

@@ -1,7 +1,7 @@
 """POST /predict: one row or a batch, micro-batched with concurrent requests.
 
 ``answer`` is the one implementation. The FastAPI route below documents it (OpenAPI) and
-calls it; in the running app, ``calapi.fastpath`` calls it before the framework's routing.
+calls it; in the running app, ``calapi.serving.fastpath`` calls it before the framework's routing.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
-from calapi.batching import ModelUnavailableError
-from calapi.parsing import BadRequestError, parse_predict_body
-from calapi.routes.deps import responses
-from calapi.schemas import BatchPrediction, SinglePrediction, predict_body_schema
-from calapi.service import Service
+from calapi.serving.batching import ModelUnavailableError
+from calapi.serving.parsing import BadRequestError, parse_predict_body
+from calapi.serving.routes.deps import responses
+from calapi.serving.schemas import BatchPrediction, SinglePrediction, predict_body_schema
+from calapi.serving.service import Service
 
 PATH: Final = "/predict"
 router = APIRouter(tags=["predict"])

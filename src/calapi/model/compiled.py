@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from calapi.features import FloatArray
+from calapi.model.features import FloatArray
 
 Walk = Callable[[FloatArray], FloatArray]
 

@@ -37,7 +37,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from calapi.features import FEATURES, FloatArray
+from calapi.model.features import FEATURES, FloatArray
 
 Clock = Callable[[], float]
 IntArray = npt.NDArray[np.intp]

@@ -18,8 +18,8 @@ from typing import Any, Final, Protocol
 import numpy as np
 
 from calapi.errors import ModelError
-from calapi.features import FEATURES, FloatArray
-from calapi.predictor import Predictor, build_predictor, probe_rows
+from calapi.model.features import FEATURES, FloatArray
+from calapi.model.predictor import Predictor, build_predictor, probe_rows
 
 MODEL_FILE: Final = "model.joblib"
 CARD_FILE: Final = "model_card.json"

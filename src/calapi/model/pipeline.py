@@ -1,6 +1,6 @@
 """The model: feature engineering plus gradient boosting on log1p(Calories).
 
-Everything here is importable by reference (``calapi.pipeline.CalorieFeatures``), so a
+Everything here is importable by reference (``calapi.model.pipeline.CalorieFeatures``), so a
 pickled model loads wherever calops is installed.
 """
 
@@ -15,9 +15,9 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
-from calapi.config import ModelConfig
-from calapi.data import raw_matrix
-from calapi.features import ENGINEERED_FEATURES, FEATURES, FloatArray, engineer
+from calapi.model.config import ModelConfig
+from calapi.model.data import raw_matrix
+from calapi.model.features import ENGINEERED_FEATURES, FEATURES, FloatArray, engineer
 
 
 def to_raw_matrix(frame: pd.DataFrame) -> FloatArray:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from calapi.features import PLAUSIBLE, SEX_CODES, UNITS
+from calapi.model.features import PLAUSIBLE, SEX_CODES, UNITS
 
 RowId = int | str
 

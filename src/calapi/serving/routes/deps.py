@@ -8,7 +8,7 @@ import orjson
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
-from calapi.service import Service
+from calapi.serving.service import Service
 
 
 def get_service(request: Request) -> Service:
@@ -36,6 +36,6 @@ def problem(status_code: int, detail: str) -> Response:
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route may give."""
-    from calapi.schemas import Problem
+    from calapi.serving.schemas import Problem
 
     return {code: {"model": Problem} for code in codes}

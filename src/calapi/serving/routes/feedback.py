@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from calapi.feedback import AlreadyAnsweredError, UnknownIdError
-from calapi.routes.deps import ServiceDep, json_response, problem, responses
-from calapi.schemas import FeedbackIn, FeedbackOut
+from calapi.serving.feedback import AlreadyAnsweredError, UnknownIdError
+from calapi.serving.routes.deps import ServiceDep, json_response, problem, responses
+from calapi.serving.schemas import FeedbackIn, FeedbackOut
 
 router = APIRouter(tags=["feedback"])
 

@@ -7,7 +7,7 @@ import errno
 import socket
 
 from calapi.errors import CalopsError
-from calapi.settings import ApiSettings
+from calapi.serving.settings import ApiSettings
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -29,7 +29,7 @@ def serve(settings: ApiSettings) -> None:
     """Serve ``create_app(settings)`` on settings.host:settings.port until interrupted."""
     import uvicorn
 
-    from calapi.app import create_app
+    from calapi.serving.app import create_app
 
     check_port_free(settings.host, settings.port)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)

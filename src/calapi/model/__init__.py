@@ -1,0 +1,1 @@
+"""The model: data contract, loaders, synthetic data, pipeline, trainer, card and predictors."""

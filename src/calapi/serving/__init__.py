@@ -1,0 +1,1 @@
+"""The inference API: app, routes, request handling, feedback, drift and metrics."""
