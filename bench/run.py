@@ -161,7 +161,9 @@ class Bench:
             return model.reuse(self.options.artifacts)
         if not _importable("calapi.model.train"):
             self.results["training"] = {"skipped": "calapi.model.train is not available yet"}
-            self._step("[yellow]calapi.model.train is missing: no model, so only the bare endpoint[/]")
+            self._step(
+                "[yellow]calapi.model.train is missing: no model, so only the bare endpoint[/]"
+            )
             return None
         self._step(f"training with {self.options.config} (timed)")
         try:

@@ -10,8 +10,8 @@ from typing import Any, Final
 import httpx
 from prometheus_client import CollectorRegistry
 
-from calapi.serving.app import create_app
 from calapi.model.config import TrainConfig
+from calapi.serving.app import create_app
 from calapi.serving.settings import ApiSettings
 
 SEED_ROW: Final[dict[str, Any]] = {

@@ -7,7 +7,6 @@ none, waits for health and keeps the record in ``<home>/stack.json``.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from calapi.errors import CalopsError
+from calapi.serving.server import port_free
 from calopsctl import health, paths
 from calopsctl.health import ABSENT, DOWN, Check
 from calopsctl.runtime import runtime_named, select_runtime
@@ -122,17 +122,6 @@ def _artifacts_dir(config_path: Path | None) -> Path:
 
 
 # ---------------------------------------------------------------- ports and model
-
-
-def port_free(port: int) -> bool:
-    """True when nothing listens on 127.0.0.1:``port`` (TIME_WAIT leftovers do not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def suggest_port(port: int, taken: set[int]) -> int:

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from calapi.model.config import TrainConfig, default_config_path, flatten, load_config
 from calapi.errors import CalopsError, ConfigError, ModelError
+from calapi.model.config import TrainConfig, default_config_path, flatten, load_config
 from calopsctl import paths, tracking
 from calopsctl.tracking import AliasedVersion, LoggedRun, RunRecord, Tracker, TrackingTarget
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
+from calapi.serving.server import port_free
 from calopsctl.runtime import processes
-from calopsctl.stackops import port_free
 from support import api_argv, free_port, running
 
 pytestmark = [

@@ -48,7 +48,13 @@ def test_missing_binaries_are_absent_with_a_hint(tmp_path: Path) -> None:
 def test_api_plan_serves_the_model_with_the_stack_tracking_uri(tmp_path: Path) -> None:
     """The API runs under uvicorn on loopback with CALOPS_MODEL and the stack's MLflow URL."""
     plan = LocalRuntime(tmp_path).plans(_spec(tmp_path), ["api"])[0]
-    assert plan.argv[:5] == [sys.executable, "-m", "uvicorn", "--factory", "calapi.serving.app:create_app"]
+    assert plan.argv[:5] == [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "calapi.serving.app:create_app",
+    ]
     assert plan.argv[-4:] == ["--host", "127.0.0.1", "--port", "18001"]
     assert plan.env["CALOPS_MODEL"] == str(tmp_path / "artifacts")
     assert plan.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15001"

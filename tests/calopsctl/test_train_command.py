@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from calapi.model.config import TrainConfig, flatten
 from calapi.errors import CalopsError, ConfigError, DataError
+from calapi.model.config import TrainConfig, flatten
 from calopsctl.cli import app
 from calopsctl.tracking import AliasedVersion, LoggedRun, RunRecord, TrackingTarget
 from calopsctl.training import (

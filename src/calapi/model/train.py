@@ -27,9 +27,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import calapi
+from calapi.errors import CalopsError, ConfigError, DataError
 from calapi.model.config import HoldoutConfig, TrainConfig, default_config_path, load_config
 from calapi.model.data import LoadedData, load_training_data
-from calapi.errors import CalopsError, ConfigError, DataError
 from calapi.model.features import FEATURES, NUMERIC_FEATURES, TARGET, UNITS, FloatArray
 from calapi.model.pipeline import build_model
 
@@ -340,7 +340,8 @@ def file_sha256(path: Path) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m calapi.model.train", description="Train the calorie model and write artifacts."
+        prog="python -m calapi.model.train",
+        description="Train the calorie model and write artifacts.",
     )
     parser.add_argument("--config", type=Path, default=None, help="config.yaml to read")
     parser.add_argument(

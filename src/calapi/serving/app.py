@@ -14,10 +14,10 @@ from starlette.routing import BaseRoute
 import calapi
 from calapi.serving.fastpath import FastPathApi, PredictFastPath
 from calapi.serving.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder
-from calapi.serving.sources import source_for
 from calapi.serving.routes import feedback, metrics, predict, status
 from calapi.serving.service import Service
 from calapi.serving.settings import ApiSettings
+from calapi.serving.sources import source_for
 
 DESCRIPTION = (
     "Predicts the energy expenditure [kcal] of an exercise session, takes the true value "

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from calapi.model.features import FloatArray
-from calapi.serving.sources import LoadedModel
 from calapi.model.predictor import limit_threads
+from calapi.serving.sources import LoadedModel
 
 
 class ModelUnavailableError(RuntimeError):

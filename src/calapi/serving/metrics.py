@@ -12,8 +12,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from calapi.serving.drift import DriftSnapshot
 from calapi.model.features import FEATURES, FloatArray
+from calapi.serving.drift import DriftSnapshot
 
 # Requests are answered in about a millisecond; the tail reaches a big batch's 0.1-0.5 s.
 LATENCY_BUCKETS: Final = (

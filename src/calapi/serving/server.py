@@ -10,19 +10,35 @@ from calapi.errors import CalopsError
 from calapi.serving.settings import ApiSettings
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise CalopsError naming the port and the flag when something already listens there."""
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be listened on now, or None when it can.
+
+    SO_REUSEADDR, like the servers: a closed connection's TIME_WAIT does not count as taken.
+    """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise CalopsError(
-                    f"Port {port} on {host} is already in use; pick another with --port "
-                    "(or CALOPS_PORT)."
-                ) from None
-            raise CalopsError(f"Cannot listen on {host}:{port} ({exc.strerror}).") from None
+            return exc
+    return None
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on ``host:port``."""
+    return bind_error(host, port) is None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise CalopsError naming the port and the flag when ``serve`` cannot listen there."""
+    error = bind_error(host, port)
+    if error is None:
+        return
+    if error.errno == errno.EADDRINUSE:
+        raise CalopsError(
+            f"Port {port} on {host} is already in use; pick another with --port (or CALOPS_PORT)."
+        )
+    raise CalopsError(f"Cannot listen on {host}:{port} ({error.strerror}).")
 
 
 def serve(settings: ApiSettings) -> None:

@@ -11,16 +11,16 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Final
 
-from calapi.serving.batching import MicroBatcher
-from calapi.serving.drift import DriftMonitor
 from calapi.errors import ModelError
 from calapi.model.features import FloatArray
+from calapi.serving.batching import MicroBatcher
+from calapi.serving.drift import DriftMonitor
 from calapi.serving.feedback import Outcome, PendingStore, RollingRmsle
 from calapi.serving.metrics import ApiMetrics, bind_gauge
-from calapi.serving.sources import LoadedModel, ModelSource
 from calapi.serving.parsing import ParsedRows
 from calapi.serving.schemas import RowId
 from calapi.serving.settings import ApiSettings
+from calapi.serving.sources import LoadedModel, ModelSource
 
 log = logging.getLogger("calapi")
 FIRST_LOAD_WAIT_SECONDS: Final = 30.0

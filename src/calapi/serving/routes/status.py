@@ -9,8 +9,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 import calapi
-from calapi.serving.environment import describe_environment
 from calapi.model.predictor import probe_rows
+from calapi.serving.environment import describe_environment
 from calapi.serving.routes.deps import ServiceDep, json_response, responses
 from calapi.serving.schemas import Health
 from calapi.serving.service import Service

@@ -11,8 +11,8 @@ import pytest
 from sklearn.compose import TransformedTargetRegressor
 from threadpoolctl import threadpool_limits
 
-from calapi.model.config import ModelConfig
 from calapi.errors import DataError
+from calapi.model.config import ModelConfig
 from calapi.model.features import ENGINEERED_FEATURES, FEATURES, TARGET
 from calapi.model.pipeline import CalorieFeatures, build_model, to_raw_matrix
 from calapi.model.synthetic import generate

@@ -14,10 +14,8 @@ from sklearn.dummy import DummyRegressor
 
 from calapi.model import compiled as compiled_module
 from calapi.model import predictor as predictor_module
-from calapi.serving.batching import MicroBatcher
 from calapi.model.compiled import compiled_walk
 from calapi.model.features import FEATURES, PLAUSIBLE, engineer
-from calapi.serving.sources import LocalSource
 from calapi.model.predictor import (
     BinnedTrees,
     PlainPredictor,
@@ -27,6 +25,8 @@ from calapi.model.predictor import (
     probe_rows,
     trainer_gbm,
 )
+from calapi.serving.batching import MicroBatcher
+from calapi.serving.sources import LocalSource
 
 TOLERANCE = 1e-9
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from calapi.model import train
 from calapi.errors import CalopsError, ConfigError
+from calapi.model import train
 from calapi.model.features import FEATURES, NUMERIC_FEATURES, TARGET
 from calapi.model.synthetic import generate
 from conftest import small_config

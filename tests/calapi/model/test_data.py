@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calapi.model.data import load_training_data, raw_matrix, read_rows
 from calapi.errors import DataError
+from calapi.model.data import load_training_data, raw_matrix, read_rows
 from calapi.model.features import FEATURES, TARGET
 
 S5E5_HEADER = "id,Sex,Age,Height,Weight,Duration,Heart_Rate,Body_Temp,Calories"

@@ -10,6 +10,9 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
+from calapi.model.features import FEATURES, NUMERIC_FEATURES, FloatArray, encode_sex
+from calapi.model.synthetic import generate, true_calories
+from calapi.model.train import distribution
 from calapi.serving.drift import (
     FLUSH_ROWS,
     PREDICTION,
@@ -20,10 +23,7 @@ from calapi.serving.drift import (
     psi,
     reference_from_card,
 )
-from calapi.model.features import FEATURES, NUMERIC_FEATURES, FloatArray, encode_sex
 from calapi.serving.metrics import ApiMetrics
-from calapi.model.synthetic import generate, true_calories
-from calapi.model.train import distribution
 
 SHIFT = {"Weight": 1.20, "Duration": 1.50, "Heart_Rate": 1.12}
 
