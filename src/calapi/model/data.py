@@ -32,7 +32,9 @@ from calapi.model.features import (
     TARGET,
     UNITS,
     FloatArray,
+    sex_labels,
 )
+from calapi.model.synthetic import generate
 
 SYNTHETIC: Final = "synthetic"
 EXERCISE_FILE: Final = "exercise.csv"
@@ -61,8 +63,6 @@ def load_training_data(
 ) -> LoadedData:
     """Load training rows from ``"synthetic"`` or a CSV path in any supported layout."""
     if str(source).strip().lower() == SYNTHETIC:
-        from calapi.model.synthetic import generate
-
         frame = generate(synthetic_rows, synthetic_seed)[[*FEATURES, TARGET]]
         description = (
             f"synthetic (Keytel et al. 2005; rows={synthetic_rows}, seed={synthetic_seed})"
@@ -170,7 +170,7 @@ def _join(exercise_path: Path, calories_path: Path) -> pd.DataFrame:
 def _normalise(table: pd.DataFrame, where: str) -> pd.DataFrame:
     raw = raw_matrix(table, where=where)
     frame = pd.DataFrame({"id": _ids(table)})
-    frame["Sex"] = np.where(raw[:, 0] == 1.0, "male", "female")
+    frame["Sex"] = sex_labels(raw[:, 0])
     for index, name in enumerate(NUMERIC_FEATURES, start=1):
         frame[name] = raw[:, index]
     if TARGET in table.columns:

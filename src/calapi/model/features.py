@@ -41,7 +41,25 @@ PLAUSIBLE: Final[dict[str, tuple[float, float]]] = {
     "Body_Temp": (30.0, 45.0),
 }
 
-SEX_CODES: Final = {"male": 1.0, "female": 0.0, "m": 1.0, "f": 0.0}
+# Inclusive ranges of the Kaggle "calories burnt" data: synthetic rows are clipped to them,
+# and a model without a card is probed inside them.
+OBSERVED_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "Age": (20.0, 79.0),
+    "Height": (123.0, 222.0),
+    "Weight": (36.0, 132.0),
+    "Duration": (1.0, 30.0),
+    "Heart_Rate": (67.0, 128.0),
+    "Body_Temp": (37.1, 41.5),
+    TARGET: (1.0, 314.0),
+}
+
+# The one Sex encoding: every layer (files, the API, the model, the simulator) goes through
+# ``encode_sex`` / ``sex_labels`` or, for a whole pandas column, this mapping.
+MALE: Final = "male"
+FEMALE: Final = "female"
+MALE_CODE: Final = 1.0
+FEMALE_CODE: Final = 0.0
+SEX_CODES: Final = {MALE: MALE_CODE, FEMALE: FEMALE_CODE, "m": MALE_CODE, "f": FEMALE_CODE}
 
 ENGINEERED_FEATURES: Final = (
     *FEATURES,
@@ -60,6 +78,12 @@ def encode_sex(value: object) -> float:
     if code is None:
         raise ValueError(f"Sex must be 'male' or 'female', got {value!r}")
     return code
+
+
+def sex_labels(codes: npt.ArrayLike) -> npt.NDArray[np.str_]:
+    """The reverse of ``encode_sex`` for many rows: "male" where the code is 1.0, else "female"."""
+    labels: npt.NDArray[np.str_] = np.where(np.asarray(codes) == MALE_CODE, MALE, FEMALE)
+    return labels
 
 
 def engineer(raw: FloatArray) -> FloatArray:

@@ -1,7 +1,8 @@
 """The model: feature engineering plus gradient boosting on log1p(Calories).
 
 Everything here is importable by reference (``calapi.model.pipeline.CalorieFeatures``), so a
-pickled model loads wherever calops is installed.
+pickled model loads wherever calops is installed. Models pickled before the move name
+``calapi.pipeline``; ``calapi.model.artifact`` maps that name here when loading.
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ from calapi.model.data import raw_matrix
 from calapi.model.features import ENGINEERED_FEATURES, FEATURES, FloatArray, engineer
 
 
-def to_raw_matrix(frame: pd.DataFrame) -> FloatArray:
-    """Rows of a DataFrame with the ``FEATURES`` columns as a float64 matrix (Sex 1.0/0.0)."""
-    return raw_matrix(frame)
-
-
 class CalorieFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """Turns raw rows (DataFrame with Sex strings, or a FEATURES-ordered matrix) into model input.
 
@@ -38,9 +34,9 @@ class CalorieFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def transform(self, X: Any) -> FloatArray:  # noqa: N803 - scikit-learn's signature
         """Return ``features.engineer`` of the raw rows."""
         if isinstance(X, pd.DataFrame):
-            return engineer(to_raw_matrix(X))
+            return engineer(raw_matrix(X))
         raw = np.asarray(X, dtype=np.float64)
-        if raw.ndim != 2 or raw.shape[1] != len(FEATURES):
+        if raw.shape[1:] != (len(FEATURES),):
             raise ValueError(
                 f"expected a matrix with {len(FEATURES)} columns laid out as {FEATURES}, "
                 f"got shape {raw.shape}"

@@ -21,10 +21,10 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
-from calapi.model.data import sex_codes
-from calapi.model.features import FEATURES, TARGET, FloatArray
+from calapi.model.features import FEATURES, OBSERVED_RANGES, TARGET, FloatArray, sex_labels
 
 KJ_PER_KCAL: Final = 4.184
 
@@ -32,20 +32,12 @@ KJ_PER_KCAL: Final = 4.184
 KEYTEL_MALE: Final = (-55.0969, 0.6309, 0.1988, 0.2017)
 KEYTEL_FEMALE: Final = (-20.4022, 0.4472, -0.1263, 0.0740)
 
+# About half the sessions of the real data are men's.
+MALE_SHARE: Final = 0.5
+
 # Keytel's equations were fitted on exercise heart rates; near rest they can go
 # negative, so expenditure is floored at roughly a resting metabolic rate.
 RESTING_KCAL_PER_MIN: Final = 1.0
-
-# Inclusive ranges of the real data; generated values are clipped to them.
-RANGES: Final[dict[str, tuple[float, float]]] = {
-    "Age": (20.0, 79.0),
-    "Height": (123.0, 222.0),
-    "Weight": (36.0, 132.0),
-    "Duration": (1.0, 30.0),
-    "Heart_Rate": (67.0, 128.0),
-    "Body_Temp": (37.1, 41.5),
-    TARGET: (1.0, 314.0),
-}
 
 # Person-to-person spread around the equation (fitness, efficiency, measurement), as a
 # log-normal factor: about 4 % for one standard deviation.
@@ -57,9 +49,9 @@ def generate(n: int, seed: int = 42, *, first_id: int = 0) -> pd.DataFrame:
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
-    male = rng.random(n) < 0.5
+    male = rng.random(n) < MALE_SHARE
     frame = pd.DataFrame({"id": np.arange(first_id, first_id + n, dtype=np.int64)})
-    frame["Sex"] = np.where(male, "male", "female")
+    frame["Sex"] = sex_labels(male)
     frame["Age"] = _ages(rng, n)
     frame["Height"], frame["Weight"] = _bodies(rng, male)
     duration = rng.integers(1, 31, size=n).astype(np.float64)
@@ -67,26 +59,42 @@ def generate(n: int, seed: int = 42, *, first_id: int = 0) -> pd.DataFrame:
     frame["Heart_Rate"] = _heart_rates(rng, duration)
     frame["Body_Temp"] = _body_temps(rng, duration)
     noise = np.exp(rng.normal(0.0, NOISE_SIGMA, size=n))
-    frame[TARGET] = _clip(np.round(true_calories(frame) * noise), TARGET)
+    truth = true_calories(
+        male=male,
+        heart_rate=frame["Heart_Rate"].to_numpy(),
+        weight=frame["Weight"].to_numpy(),
+        age=frame["Age"].to_numpy(),
+        duration=duration,
+    )
+    frame[TARGET] = _clip(np.round(truth * noise), TARGET)
     return frame[["id", *FEATURES, TARGET]]
 
 
-def true_calories(frame: pd.DataFrame) -> FloatArray:
-    """Noise-free expected kcal for rows with the ``FEATURES`` columns (``Gender`` accepted)."""
-    male = sex_codes(frame) == 1.0
-    heart_rate = frame["Heart_Rate"].to_numpy(dtype=np.float64)
-    weight = frame["Weight"].to_numpy(dtype=np.float64)
-    age = frame["Age"].to_numpy(dtype=np.float64)
-    duration = frame["Duration"].to_numpy(dtype=np.float64)
+def true_calories(
+    *,
+    male: npt.NDArray[np.bool_],
+    heart_rate: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    age: npt.ArrayLike,
+    duration: npt.ArrayLike,
+) -> FloatArray:
+    """Noise-free expected kcal per row from sex (True = male), bpm, kg, years and minutes."""
+    male = np.asarray(male)
+    if male.dtype != np.bool_:
+        # Strings or codes would silently pick one equation for every row.
+        raise TypeError(f"male must be a boolean array, got dtype {male.dtype}")
     coef = np.where(male[:, None], KEYTEL_MALE, KEYTEL_FEMALE)
-    kj_per_min = coef[:, 0] + coef[:, 1] * heart_rate + coef[:, 2] * weight + coef[:, 3] * age
+    rate, mass, years, minutes = (
+        np.asarray(values, dtype=np.float64) for values in (heart_rate, weight, age, duration)
+    )
+    kj_per_min = coef[:, 0] + coef[:, 1] * rate + coef[:, 2] * mass + coef[:, 3] * years
     kcal_per_min = np.maximum(kj_per_min / KJ_PER_KCAL, RESTING_KCAL_PER_MIN)
-    result: FloatArray = kcal_per_min * duration
+    result: FloatArray = kcal_per_min * minutes
     return result
 
 
 def _clip(values: FloatArray, column: str) -> FloatArray:
-    low, high = RANGES[column]
+    low, high = OBSERVED_RANGES[column]
     return np.clip(values, low, high)
 
 

@@ -6,37 +6,33 @@ Run it as ``python -m calapi.model.train --config config.yaml [--no-holdout] [--
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
-import platform
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import joblib
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-import calapi
 from calapi.errors import CalopsError, ConfigError, DataError
+from calapi.model.artifact import file_sha256, staged_files, sync, write_json
+from calapi.model.card import CardFacts, build_card
 from calapi.model.config import HoldoutConfig, TrainConfig, default_config_path, load_config
 from calapi.model.data import LoadedData, load_training_data
-from calapi.model.features import FEATURES, NUMERIC_FEATURES, TARGET, UNITS, FloatArray
+from calapi.model.features import FEATURES, FEMALE, MALE, NUMERIC_FEATURES, TARGET, FloatArray
 from calapi.model.pipeline import build_model
 
 Progress = Callable[[str], None]
 
 THREADS_ENV: Final = "CALOPS_TRAIN_THREADS"
-CARD_SCHEMA_VERSION: Final = 1
+# One row to fit on and one to hold out.
+MIN_ROWS: Final = 2
 DECILES: Final = np.linspace(0.1, 0.9, 9)
 BINNING: Final = (
     "Each reference entry holds the inner bin edges (training-data deciles, duplicates "
@@ -47,7 +43,6 @@ ESTIMATOR_TYPE: Final = (
     "TransformedTargetRegressor(log1p/expm1) over "
     "Pipeline(features=CalorieFeatures, gbm=HistGradientBoostingRegressor)"
 )
-VERSIONED_PACKAGES: Final = ("scikit-learn", "numpy", "pandas", "joblib")
 
 
 @dataclass(frozen=True)
@@ -167,8 +162,10 @@ def _load(config: TrainConfig, data: LoadedData | str | Path | None) -> LoadedDa
 
 def _split(frame: pd.DataFrame, settings: HoldoutConfig, enabled: bool) -> _Split:
     frame = frame.reset_index(drop=True)
-    if len(frame) < 2:
-        raise DataError(f"Training needs at least 2 rows, got {len(frame)}; pass more data.")
+    if len(frame) < MIN_ROWS:
+        raise DataError(
+            f"Training needs at least {MIN_ROWS} rows, got {len(frame)}; pass more data."
+        )
     if not enabled:
         return _Split(frame, frame, holdout=False)
     order = np.random.default_rng(settings.seed).permutation(len(frame))
@@ -190,36 +187,38 @@ def _metrics(split: _Split, predicted: FloatArray, fit_seconds: float) -> dict[s
 # ---------------------------------------------------------------------------- the card
 
 
-def build_card(config: TrainConfig, fitted: _Fitted, sha256: str) -> dict[str, Any]:
-    """The model card: what the API needs to describe the model and watch for drift."""
-    train, metrics, loaded = fitted.split.train, fitted.metrics, fitted.loaded
-    return {
-        "schema_version": CARD_SCHEMA_VERSION,
-        "name": config.model.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model_file": config.outputs.model,
-        "sha256": sha256,
-        "features": list(FEATURES),
-        "target": TARGET,
-        "units": dict(UNITS),
-        "training_ranges": {
-            name: {"min": float(train[name].min()), "max": float(train[name].max())}
-            for name in NUMERIC_FEATURES
-        },
-        "categories": {"Sex": ["female", "male"]},
-        "reference": _reference(train, fitted.train_predictions),
-        "reference_binning": BINNING,
-        "metrics": metrics,
-        "data": {"source": loaded.source, "synthetic": loaded.synthetic, "rows": len(loaded.frame)},
-        "estimator": _estimator(fitted.model),
-        "versions": _versions(),
-        "holdout": {
+def _card_facts(config: TrainConfig, fitted: _Fitted, sha256: str) -> CardFacts:
+    """What the model card says about a fitted model, including what only the fit knows."""
+    metrics, loaded = fitted.metrics, fitted.loaded
+    return CardFacts(
+        name=config.model.name,
+        model_file=config.outputs.model,
+        sha256=sha256,
+        created=datetime.now(UTC),
+        metrics=metrics,
+        data={"source": loaded.source, "synthetic": loaded.synthetic, "rows": len(loaded.frame)},
+        holdout={
             "enabled": fitted.split.holdout,
             "fraction": config.holdout.fraction if fitted.split.holdout else 0.0,
             "seed": config.holdout.seed,
             "n_holdout": metrics["n_holdout"],
             "evaluated_on": metrics["evaluated_on"],
         },
+        training=_training_facts(fitted),
+    )
+
+
+def _training_facts(fitted: _Fitted) -> dict[str, Any]:
+    train = fitted.split.train
+    return {
+        "training_ranges": {
+            name: {"min": float(train[name].min()), "max": float(train[name].max())}
+            for name in NUMERIC_FEATURES
+        },
+        "categories": {"Sex": [FEMALE, MALE]},
+        "reference": _reference(train, fitted.train_predictions),
+        "reference_binning": BINNING,
+        "estimator": _estimator(fitted.model),
     }
 
 
@@ -237,8 +236,8 @@ def _reference(train: pd.DataFrame, predictions: FloatArray) -> dict[str, Any]:
         name: distribution(train[name].to_numpy(dtype=np.float64)) for name in NUMERIC_FEATURES
     }
     reference["prediction"] = distribution(predictions)
-    male = float((train["Sex"] == "male").mean())
-    reference["Sex"] = {"male": male, "female": 1.0 - male}
+    male = float((train["Sex"] == MALE).mean())
+    reference["Sex"] = {MALE: male, FEMALE: 1.0 - male}
     return reference
 
 
@@ -250,13 +249,6 @@ def _estimator(model: Any) -> dict[str, Any]:
 
 def _is_json_scalar(value: object) -> bool:
     return value is None or isinstance(value, str | int | float | bool)
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version(), "calapi": calapi.__version__}
-    for package in VERSIONED_PACKAGES:
-        versions[package] = metadata.version(package)
-    return versions
 
 
 # ---------------------------------------------------------------------------- writing
@@ -274,65 +266,20 @@ def _write_artifacts(config: TrainConfig, fitted: _Fitted) -> TrainResult:
     card_path = folder / config.outputs.card
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with _staged(folder, (model_path, metrics_path, card_path)) as temps:
+        # The card goes last: the API reloads when it changes and finds the set complete.
+        with staged_files(folder, (model_path, metrics_path, card_path)) as temps:
             with temps[0].open("wb") as handle:
                 joblib.dump(fitted.model, handle)
-                _sync(handle)
-            sha256 = file_sha256(temps[0])
-            card = build_card(config, fitted, sha256)
-            _write_json(temps[1], fitted.metrics)
-            _write_json(temps[2], card)
+                sync(handle)
+            card = build_card(_card_facts(config, fitted, file_sha256(temps[0])))
+            write_json(temps[1], fitted.metrics)
+            write_json(temps[2], card)
     except OSError as exc:
         raise CalopsError(
             f"Could not write the model to {folder} ({exc.strerror or exc}); "
             "choose a writable outputs.dir."
         ) from None
     return TrainResult(folder, model_path, metrics_path, card_path, fitted.metrics, card)
-
-
-@contextmanager
-def _staged(folder: Path, finals: Sequence[Path]) -> Iterator[list[Path]]:
-    """Yield temp files beside ``finals``; on success move each into place, card last.
-
-    Every file is complete before the first move, so a failure anywhere leaves the
-    previous set untouched and no temp behind. Temps live in the same folder, which makes
-    ``os.replace`` an atomic rename.
-    """
-    temps: list[Path] = []
-    try:
-        for final in finals:
-            handle, name = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
-            os.close(handle)
-            temps.append(Path(name))
-        yield temps
-        for temp, final in zip(temps, finals, strict=True):
-            # mkstemp makes owner-only files; the API may run as another user (a container).
-            temp.chmod(0o644)
-            os.replace(temp, final)
-    finally:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, allow_nan=True)
-        handle.write("\n")
-        _sync(handle)
-
-
-def _sync(handle: IO[Any]) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------- command line

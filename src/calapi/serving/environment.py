@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import os
-import platform
 import socket
-from importlib import metadata
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import calapi
+from calapi.model.card import library_versions
 
 PACKAGES: Final = (
-    "fastapi", "uvicorn", "pydantic", "prometheus-client", "scikit-learn", "numpy", "mlflow",
+    "fastapi", "uvicorn", "pydantic", "prometheus-client", "scikit-learn", "numpy", "numba",
+    "mlflow-skinny",
 )  # fmt: skip
 SECRET_WORDS: Final = ("token", "password", "secret", "key", "signature", "credential")
 REDACTED: Final = "***"
@@ -20,15 +19,7 @@ REDACTED: Final = "***"
 
 def describe_environment() -> dict[str, Any]:
     """Python and key library versions, host name, and MLFLOW_TRACKING_URI redacted."""
-    versions: dict[str, str | None] = {
-        "python": platform.python_version(),
-        "calapi": calapi.__version__,
-    }
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
+    versions = library_versions(PACKAGES)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return {
         "versions": versions,

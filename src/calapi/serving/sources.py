@@ -6,8 +6,6 @@ A source answers two questions: ``signature()`` (cheap: has anything changed?) a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -18,11 +16,12 @@ from typing import Any, Final, Protocol
 import numpy as np
 
 from calapi.errors import ModelError
+from calapi.model.artifact import checked_predictor, file_sha256, map_moved_modules, read_model
+from calapi.model.card import CARD_FILE, read_card, training_ranges
 from calapi.model.features import FEATURES, FloatArray
-from calapi.model.predictor import Predictor, build_predictor, probe_rows
+from calapi.model.predictor import Predictor, probe_rows
 
 MODEL_FILE: Final = "model.joblib"
-CARD_FILE: Final = "model_card.json"
 MLFLOW_SCHEME: Final = "models:/"
 MLFLOW_MODEL_FILES: Final = ("model.pkl", "model.joblib", "model.skops", "model.cloudpickle")
 
@@ -69,15 +68,6 @@ def source_for(reference: str) -> ModelSource:
     return LocalSource(Path(reference))
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class LocalSource:
     """``model.joblib`` + ``model_card.json`` in a folder (or a model file and its folder)."""
 
@@ -95,8 +85,8 @@ class LocalSource:
                 f"No model at {self.model_path}; run `calops train` or set CALOPS_MODEL."
             )
         sha256 = file_sha256(self.model_path)
-        estimator = _unpickle(self.model_path)
-        card, note = _read_card(self.card_path, sha256)
+        estimator = read_model(self.model_path)
+        card, note = read_card(self.card_path, sha256)
         return assemble(estimator, str(self.model_path), sha256[:12], sha256, card, note)
 
 
@@ -123,6 +113,7 @@ class MlflowSource:
                         artifact_uri=f"models:/{self.name}/{found.version}", dst_path=folder
                     )
                 )
+                map_moved_modules()
                 estimator = mlflow.sklearn.load_model(str(local))
             except Exception as exc:
                 raise ModelError(f"Could not load {self.uri} from MLflow: {exc}") from None
@@ -158,7 +149,7 @@ class MlflowSource:
                 continue
             # The card's sha256 is that of the run's model.joblib, not of MLflow's own
             # serialisation, so it cannot be compared here; the run ties them together.
-            return _read_card(Path(local), None)
+            return read_card(Path(local), None)
         return None, f"The MLflow run {run_id} has no {CARD_FILE}."
 
 
@@ -171,15 +162,8 @@ def assemble(  # noqa: PLR0917 - each argument is one fact /info reports
     card_note: str | None,
 ) -> LoadedModel:
     """Check the estimator can predict, pick its fastest exact predictor, read its ranges."""
-    ranges = _training_ranges(card)
-    probe = probe_rows(ranges)
-    if not callable(getattr(estimator, "predict", None)):
-        raise ModelError(f"{source} holds a {type(estimator).__name__}, which cannot predict.")
-    try:
-        predictor = build_predictor(estimator, probe)
-        predictor(probe[:1])
-    except Exception as exc:
-        raise ModelError(f"The model in {source} fails to predict a valid row: {exc}") from None
+    ranges = training_ranges(card)
+    predictor = checked_predictor(estimator, source, probe_rows(ranges))
     low = np.full(len(FEATURES), -np.inf)
     high = np.full(len(FEATURES), np.inf)
     for index, name in enumerate(FEATURES):
@@ -188,45 +172,12 @@ def assemble(  # noqa: PLR0917 - each argument is one fact /info reports
     return LoadedModel(estimator, predictor, source, version, sha256, card, card_note, low, high)
 
 
-def _training_ranges(card: dict[str, Any] | None) -> dict[str, tuple[float, float]] | None:
-    try:
-        raw = (card or {})["training_ranges"]
-        return {name: (float(v["min"]), float(v["max"])) for name, v in raw.items()}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-
-
 def _stat(path: Path) -> tuple[int, int, int] | None:
     try:
         info = path.stat()
     except OSError:
         return None
     return (info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def _unpickle(path: Path) -> Any:
-    import joblib
-
-    try:
-        return joblib.load(path)
-    except Exception as exc:
-        raise ModelError(
-            f"{path} is not a loadable model ({type(exc).__name__}: {exc}); retrain it."
-        ) from None
-
-
-def _read_card(path: Path, sha256: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, f"No model card at {path}; the model is served without one."
-    except (OSError, ValueError) as exc:
-        return None, f"The model card {path} is unreadable ({exc}); ignored."
-    if not isinstance(card, dict):
-        return None, f"The model card {path} is not a JSON object; ignored."
-    if sha256 and card.get("sha256") not in (None, sha256):
-        return None, f"The model card {path} describes another model file (sha256); ignored."
-    return card, None
 
 
 def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:

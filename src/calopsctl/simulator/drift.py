@@ -66,10 +66,14 @@ def _shift_covariates(block: RowBlock, strength: FloatArray) -> RowBlock:
 
 def physiology(sex: np.ndarray, numeric: FloatArray) -> FloatArray:
     """Noise-free kcal of the synthetic generator's equation for these rows."""
-    import pandas as pd
-
+    from calapi.model.features import MALE_CODE, encode_sex
     from calapi.model.synthetic import true_calories
 
-    frame = pd.DataFrame(numeric, columns=list(NUMERIC_FEATURES))
-    frame.insert(0, "Sex", sex)
-    return np.asarray(true_calories(frame), dtype=np.float64)
+    column = dict(zip(NUMERIC_FEATURES, numeric.T, strict=True))
+    return true_calories(
+        male=np.array([encode_sex(value) for value in sex]) == MALE_CODE,
+        heart_rate=column["Heart_Rate"],
+        weight=column["Weight"],
+        age=column["Age"],
+        duration=column["Duration"],
+    )

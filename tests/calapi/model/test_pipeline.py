@@ -13,8 +13,9 @@ from threadpoolctl import threadpool_limits
 
 from calapi.errors import DataError
 from calapi.model.config import ModelConfig
+from calapi.model.data import raw_matrix
 from calapi.model.features import ENGINEERED_FEATURES, FEATURES, TARGET
-from calapi.model.pipeline import CalorieFeatures, build_model, to_raw_matrix
+from calapi.model.pipeline import CalorieFeatures, build_model
 from calapi.model.synthetic import generate
 
 
@@ -37,7 +38,7 @@ def test_dataframe_and_matrix_predictions_are_identical(
     fitted: TransformedTargetRegressor, rows: pd.DataFrame
 ) -> None:
     """predict(DataFrame with Sex strings) equals predict(FEATURES matrix with Sex 1/0)."""
-    np.testing.assert_array_equal(fitted.predict(rows), fitted.predict(to_raw_matrix(rows)))
+    np.testing.assert_array_equal(fitted.predict(rows), fitted.predict(raw_matrix(rows)))
 
 
 def test_gender_alias_and_any_case_give_the_same_predictions(

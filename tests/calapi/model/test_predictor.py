@@ -7,34 +7,19 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pytest
 from sklearn.dummy import DummyRegressor
 
-from calapi.model import compiled as compiled_module
 from calapi.model import predictor as predictor_module
-from calapi.model.compiled import compiled_walk
+from calapi.model.compiled import compiled_walk, pack_forest
 from calapi.model.features import FEATURES, PLAUSIBLE, engineer
-from calapi.model.predictor import (
-    BinnedTrees,
-    PlainPredictor,
-    binned_trees,
-    build_predictor,
-    pack_forest,
-    probe_rows,
-    trainer_gbm,
-)
+from calapi.model.predictor import PlainPredictor, build_predictor, probe_rows, trainer_gbm
+from calapi.model.sklearn_compat import BinnedTrees, baseline, forest_nodes
 from calapi.serving.batching import MicroBatcher
 from calapi.serving.sources import LocalSource
 
 TOLERANCE = 1e-9
-
-
-@pytest.fixture(scope="module")
-def estimator(trained_model_dir: Path) -> Any:
-    """The trainer's fitted estimator."""
-    return joblib.load(trained_model_dir / "model.joblib")
 
 
 def _rows(count: int, seed: int) -> np.ndarray:
@@ -106,8 +91,9 @@ def test_a_predictor_that_disagrees_is_not_used(
 ) -> None:
     """If the fast path ever differs from the plain call at load time, the plain one serves."""
 
-    def off_by_a_little(gbm: Any) -> Any:
-        forest = pack_forest(gbm)
+    def off_by_a_little(*args: Any) -> Any:
+        forest = pack_forest(*args)
+        assert forest is not None
         return dataclasses.replace(forest, baseline=forest.baseline + 1e-6)
 
     monkeypatch.setattr(predictor_module, "pack_forest", off_by_a_little)
@@ -118,8 +104,7 @@ def test_binned_trees_equal_the_model_trees_bit_for_bit(estimator: Any) -> None:
     """The trees walked on binned rows give gbm.predict's sums exactly, in and far out of range."""
     gbm = trainer_gbm(estimator)
     assert gbm is not None
-    trees = binned_trees(gbm)
-    assert isinstance(trees, BinnedTrees)
+    trees = BinnedTrees(gbm)
     low = [0.0, *(PLAUSIBLE[name][0] for name in FEATURES[1:])]
     high = [1.0, *(PLAUSIBLE[name][1] for name in FEATURES[1:])]
     rows = np.vstack([_rows(500, seed=3), low, high])
@@ -128,24 +113,13 @@ def test_binned_trees_equal_the_model_trees_bit_for_bit(estimator: Any) -> None:
 
 
 @pytest.mark.parametrize("count", [1, 4, 64])
-def test_compiled_walk_equals_the_numpy_walk(estimator: Any, count: int) -> None:
-    """The compiled tree walk gives the numpy walk's sums within 1e-9, out of range too."""
+def test_compiled_walk_equals_the_model_trees(estimator: Any, count: int) -> None:
+    """The compiled walk of the packed trees gives gbm.predict within 1e-9, out of range too."""
     gbm = trainer_gbm(estimator)
     assert gbm is not None
-    forest = pack_forest(gbm)
+    forest = pack_forest(forest_nodes(gbm), baseline(gbm))
     assert forest is not None
-    walk = compiled_walk(forest)
-    assert walk is not None, "numba is a dependency: the compiled walk must be available"
     rows = engineer(np.vstack([_rows(count, seed=count), probe_rows(None, 2) * 1.5]))
-    np.testing.assert_allclose(walk(rows), forest.raw_predict(rows), rtol=0, atol=TOLERANCE)
-
-
-def test_without_numba_the_numpy_walk_serves(
-    estimator: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When numba cannot be imported, the fast predictor still serves, through numpy."""
-    monkeypatch.setattr(compiled_module, "_compiled_kernel", lambda: None)
-    fast = build_predictor(estimator, probe_rows(None))
-    assert fast.kind == "fast"
-    rows = _rows(8, seed=8)
-    np.testing.assert_allclose(fast(rows), PlainPredictor(estimator)(rows), rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(
+        compiled_walk(forest)(rows), gbm.predict(rows), rtol=0, atol=TOLERANCE
+    )

@@ -15,12 +15,14 @@ import yaml
 
 from calapi.errors import CalopsError, ConfigError
 from calapi.model import train
+from calapi.model.artifact import file_sha256, write_json
+from calapi.model.card import CARD_KEYS
 from calapi.model.features import FEATURES, NUMERIC_FEATURES, TARGET
 from calapi.model.synthetic import generate
 from conftest import small_config
 
 METRIC_KEYS = {"rmsle", "rmse", "mae", "r2", "n_train", "n_holdout", "fit_seconds", "evaluated_on"}
-CARD_KEYS = {
+TRAINER_CARD_KEYS = {
     "schema_version",
     "name",
     "created",
@@ -32,6 +34,7 @@ CARD_KEYS = {
     "training_ranges",
     "categories",
     "reference",
+    "reference_binning",
     "metrics",
     "data",
     "estimator",
@@ -60,7 +63,9 @@ def test_run_writes_model_metrics_and_card(result: train.TrainResult) -> None:
         "model_card.json",
     }
     assert set(read_json(result.metrics_path)) == METRIC_KEYS
-    assert set(read_json(result.card_path)) >= CARD_KEYS
+    card = read_json(result.card_path)
+    assert set(card) >= TRAINER_CARD_KEYS
+    assert list(card) == [key for key in CARD_KEYS if key in card]  # the documented order
     assert read_json(result.metrics_path) == result.metrics
 
 
@@ -76,7 +81,7 @@ def test_holdout_metrics_describe_the_split(result: train.TrainResult) -> None:
 def test_card_sha256_matches_the_model_file(result: train.TrainResult) -> None:
     """The card's sha256 is the hash of the model file written beside it."""
     card = read_json(result.card_path)
-    assert card["sha256"] == train.file_sha256(result.model_path)
+    assert card["sha256"] == file_sha256(result.model_path)
     assert card["model_file"] == result.model_path.name
 
 
@@ -155,14 +160,14 @@ def test_failure_mid_write_keeps_the_previous_set(
     config = small_config(tmp_path, rows=300, max_iter=5)
     train.run(config)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    real_write_json = train._write_json
+    real_write_json = write_json
 
     def fail_on_card(path: Path, payload: dict[str, Any]) -> None:
         if "sha256" in payload:
             raise OSError(28, "No space left on device")
         real_write_json(path, payload)
 
-    monkeypatch.setattr(train, "_write_json", fail_on_card)
+    monkeypatch.setattr(train, "write_json", fail_on_card)
     with pytest.raises(CalopsError, match="No space left on device"):
         train.run(config)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,25 @@ async def test_model_without_card_is_served_and_info_says_so(
     assert predict.status_code == 200
     assert "No model card" in model["card"]
     assert len(model["sha256"]) == 64
+
+
+async def test_model_pickled_under_the_old_module_name_is_served_fast(
+    trained_model_dir: Path, tmp_path: Path
+) -> None:
+    """A model.joblib naming calapi.pipeline (before the move) serves on the fast path."""
+    import joblib
+
+    estimator = joblib.load(trained_model_dir / "model.joblib")
+    modern = pickle.dumps(estimator, protocol=0)
+    (tmp_path / "model.joblib").write_bytes(
+        modern.replace(b"ccalapi.model.pipeline\n", b"ccalapi.pipeline\n")
+    )
+    assert b"ccalapi.pipeline\n" in (tmp_path / "model.joblib").read_bytes()
+    async with api_client(tmp_path) as client:
+        predict = await client.post("/predict", json=row())
+        model = (await client.get("/info")).json()["model"]
+    assert predict.status_code == 200
+    assert model["predictor"] == "fast"
 
 
 async def test_model_appearing_later_is_picked_up(trained_model_dir: Path, tmp_path: Path) -> None:
