@@ -49,12 +49,18 @@ async def api_client(
     registry = registry if registry is not None else CollectorRegistry()
     options = {"reload_interval_seconds": 0.0, **settings}
     app = create_app(ApiSettings(model=str(model), **options), registry)
-    async with app.router.lifespan_context(app):
+    async with app.app.router.lifespan_context(app.app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://calapi") as client:
             client.app = app  # type: ignore[attr-defined]
             client.registry = registry  # type: ignore[attr-defined]
             yield client
+
+
+def routed_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """A client of the same app without the fast path: FastAPI routes every request."""
+    app = client.app  # type: ignore[attr-defined]
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://calapi")
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

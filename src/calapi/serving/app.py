@@ -1,23 +1,30 @@
-"""The FastAPI application factory; it only assembles the parts (``uvicorn --factory``)."""
+"""The application factory: builds every part once and wires them (``uvicorn --factory``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
-from starlette.routing import BaseRoute
 
 import calapi
-from calapi.serving.fastpath import FastPathApi, PredictFastPath
-from calapi.serving.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder
+from calapi.model.features import FloatArray
+from calapi.serving.batching import BatchCallback, MicroBatcher
+from calapi.serving.drift import DriftMonitor
+from calapi.serving.fastpath import FastPathApp
+from calapi.serving.feedback import PendingStore, RollingRmsle
+from calapi.serving.handlers import PredictHandler
+from calapi.serving.holder import ModelHolder
+from calapi.serving.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder, bind_gauge
 from calapi.serving.routes import feedback, metrics, predict, status
-from calapi.serving.service import Service
+from calapi.serving.service import Feedback, Predictions, id_factory
 from calapi.serving.settings import ApiSettings
-from calapi.serving.sources import source_for
+from calapi.serving.sources import LoadedModel, source_for
 
 DESCRIPTION = (
     "Predicts the energy expenditure [kcal] of an exercise session, takes the true value "
@@ -27,20 +34,75 @@ DESCRIPTION = (
 
 def create_app(
     settings: ApiSettings | None = None, registry: CollectorRegistry | None = None
-) -> FastAPI:
+) -> FastPathApp:
     """Build the API: settings default to ``CALOPS_*`` env vars, metrics to a fresh registry."""
     settings = settings or ApiSettings()
     registry = registry if registry is not None else CollectorRegistry()
     api_metrics = ApiMetrics(registry)
-    service = Service(settings, api_metrics, source_for(settings.model))
+    parts = _Parts.build(settings, api_metrics)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
+        served.check_nothing_skipped()
+        await parts.holder.start(settings.reload_interval_seconds)
         yield
-        await service.stop()
+        await parts.holder.stop()
+        await asyncio.to_thread(parts.batcher.close)
 
-    app = FastPathApi(
+    app = _fastapi_app(lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.holder = parts.holder
+    app.state.drift = parts.drift
+    app.state.predict_handler = parts.predict_handler
+    app.state.feedback = parts.feedback
+    app.add_middleware(MetricsMiddleware, metrics=api_metrics)
+    served = FastPathApp(app, parts.predict_handler, RequestRecorder(api_metrics))
+    return served
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """The API's state and behaviour, each built once and handed what it needs."""
+
+    holder: ModelHolder
+    drift: DriftMonitor
+    batcher: MicroBatcher
+    predict_handler: PredictHandler
+    feedback: Feedback
+
+    @classmethod
+    def build(cls, settings: ApiSettings, api_metrics: ApiMetrics) -> _Parts:
+        drift = DriftMonitor(settings.drift_window_seconds, min_rows=settings.drift_min_rows)
+        # A new model brings its own reference, so its drift window starts empty.
+        holder = ModelHolder(source_for(settings.model), api_metrics,
+                             on_swap=lambda model: drift.reset(model, model.card))  # fmt: skip
+        store = PendingStore(
+            settings.feedback_max_pending,
+            settings.feedback_max_age_seconds,
+            on_evict=lambda reason, count: api_metrics.evictions.labels(reason).inc(count),
+        )
+        rolling = RollingRmsle(settings.rolling_window_seconds)
+        batcher = MicroBatcher(
+            lambda: holder.current,
+            max_rows=settings.microbatch_max_rows,
+            max_wait_seconds=settings.microbatch_max_wait_ms / 1000.0,
+            threads=settings.predict_threads,
+            on_batch=_batch_recorder(api_metrics, drift),
+        )
+        bind_gauge(api_metrics.rolling_rmsle, rolling.value)
+        bind_gauge(api_metrics.pending, store.awaiting_now)
+        api_metrics.bind_drift(drift.snapshot)
+        handler = PredictHandler(
+            Predictions(batcher, store, id_factory()), holder,
+            max_body_bytes=settings.max_body_bytes, max_batch_rows=settings.max_batch_rows,
+        )  # fmt: skip
+        feedback = Feedback(store, rolling, api_metrics.feedback_lag)
+        return cls(holder, drift, batcher, handler, feedback)
+
+
+def _fastapi_app(lifespan: Any) -> FastAPI:
+    app = FastAPI(
         title="calapi",
         version=calapi.__version__,
         description=DESCRIPTION,
@@ -49,19 +111,20 @@ def create_app(
         # request an environment and provider check (~30 us) for nothing.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.service = service
     for module in (predict, feedback, status, metrics):
         app.include_router(module.router)
-    app.add_middleware(MetricsMiddleware, metrics=api_metrics)
-    app.fast_path = PredictFastPath(
-        service, _route(predict.router, predict.PATH), RequestRecorder(api_metrics)
-    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-def _route(router: APIRouter, path: str) -> BaseRoute:
-    return next(route for route in router.routes if getattr(route, "path", None) == path)
+def _batch_recorder(api_metrics: ApiMetrics, drift: DriftMonitor) -> BatchCallback:
+    """What each model call records, once per call on the predict worker (off the loop)."""
+
+    def record(raw: FloatArray, calories: FloatArray, model: LoadedModel) -> None:
+        api_metrics.record_batch(calories, model.out_of_range(raw))
+        drift.observe(model, raw, calories)
+
+    return record
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class _Job:
 
 
 Answer = tuple[FloatArray, LoadedModel]
+# Called once per model call with its raw rows, their predictions and the model.
+BatchCallback = Callable[[FloatArray, FloatArray, LoadedModel], None]
 
 
 class MicroBatcher:
@@ -44,7 +46,7 @@ class MicroBatcher:
         max_rows: int,
         max_wait_seconds: float = 0.0,
         threads: int = 1,
-        on_batch: Callable[[FloatArray, FloatArray, LoadedModel], None] | None = None,
+        on_batch: BatchCallback | None = None,
     ) -> None:
         self._current_model = current_model
         self._max_rows = max_rows

@@ -116,6 +116,11 @@ class PendingStore:
         """Drop what has aged out, without waiting for the next request."""
         self._evict(self._clock())
 
+    def awaiting_now(self) -> float:
+        """Predictions still awaiting their answer, after dropping what aged out (a gauge)."""
+        self.expire()
+        return float(self.awaiting)
+
     def _evict(self, now: float) -> None:
         items = self._items
         oldest_allowed = now - self._max_age

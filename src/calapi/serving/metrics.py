@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calapi.model.features import FEATURES, FloatArray
@@ -45,7 +47,7 @@ class ApiMetrics:
             "app_request_latency_seconds", "Time to answer a request, by route template [s].",
             ("route",), buckets=LATENCY_BUCKETS, registry=registry,
         )  # fmt: skip
-        self.pred_calories = Histogram(
+        self.pred_calories = BulkHistogram(
             "app_pred_calories", "Predicted energy expenditure per row [kcal].",
             buckets=CALORIE_BUCKETS, registry=registry,
         )  # fmt: skip
@@ -109,34 +111,59 @@ class ApiMetrics:
         """Export the drift gauges, computed from ``read()`` at each scrape."""
         self.registry.register(DriftCollector(read))
 
-    def observe_predictions(self, values: FloatArray) -> None:
-        """Add every predicted value to app_pred_calories, exactly, in one pass."""
-        observe_many(self.pred_calories, values)
-
-    def count_out_of_range(self, counts: dict[str, int]) -> None:
-        """Add rows outside the training range, per feature."""
-        for name, count in counts.items():
+    def record_batch(self, calories: FloatArray, out_of_range: dict[str, int]) -> None:
+        """One model call: its rows, each predicted value, rows outside the training range."""
+        self.batch_rows.observe(len(calories))
+        self.pred_calories.observe_many(calories)
+        for name, count in out_of_range.items():
             if count:
                 self.out_of_range_children[name].inc(count)
 
 
-def observe_many(histogram: Histogram, values: FloatArray) -> None:
-    """Observe many values at once: same samples as one observe() per value, far cheaper.
+class BulkHistogram(Collector):
+    """A histogram that takes a whole batch of values in one numpy pass.
 
-    prometheus_client has no bulk observe, so this adds to its bucket counters directly
-    and falls back to one call per value if those internals ever change.
+    prometheus_client's Histogram observes one value per call, a Python loop over every
+    predicted row; this keeps its own bucket counts and exports them through the public
+    collector interface, with the same samples (``_bucket`` per ``le``, ``_count``, ``_sum``).
+    Batches arrive on the predict worker thread and scrapes on the event loop, hence the lock.
     """
-    buckets = getattr(histogram, "_buckets", None)
-    bounds = getattr(histogram, "_upper_bounds", None)
-    total = getattr(histogram, "_sum", None)
-    if buckets is None or bounds is None or total is None or len(values) < 8:
-        for value in values.tolist():
-            histogram.observe(value)
-        return
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for index in np.flatnonzero(counts).tolist():
-        buckets[index].inc(int(counts[index]))
-    total.inc(float(values.sum()))
+
+    def __init__(
+        self, name: str, documentation: str, *, buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:  # fmt: skip
+        self._name = name
+        self._documentation = documentation
+        self._bounds = np.asarray(sorted(float(bound) for bound in buckets))
+        self._labels = [*map(floatToGoString, self._bounds), "+Inf"]
+        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: FloatArray) -> None:
+        """Count every value in its bucket (upper bounds inclusive, as Prometheus's ``le``)."""
+        per_bucket = np.bincount(
+            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts)
+        )
+        total = float(values.sum())
+        with self._lock:
+            self._counts += per_bucket
+            self._sum += total
+
+    def describe(self) -> Iterator[Metric]:
+        """The family's name, so the registry can refuse a clash without collecting."""
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """Cumulative bucket counts and the sum, as one histogram family."""
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], list(zip(self._labels, cumulative, strict=True)), total)
+        yield family
 
 
 class RequestRecorder:
@@ -146,12 +173,9 @@ class RequestRecorder:
         self.metrics = metrics
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def record(self, scope: Scope, status: int, seconds: float) -> None:
+    def record(self, route: str, method: str, status: int, seconds: float) -> None:
         """Add the request to app_requests_total and app_request_latency_seconds."""
-        route = scope.get("route")
-        template = getattr(route, "path", UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
-        method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-        key = (template, method, status)
+        key = (route, method if method in KNOWN_METHODS else "other", status)
         children = self._children.get(key)
         if children is None:
             children = self._make_children(key)
@@ -191,7 +215,14 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.recorder.record(scope, status, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self.recorder.record(route_template(scope), scope["method"], status, seconds)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route the router matched (never the raw path), else "unmatched"."""
+    route = scope.get("route")
+    return getattr(route, "path", UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
 
 
 def bind_gauge(gauge: Gauge, read: Callable[[], float]) -> None:

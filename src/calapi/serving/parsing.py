@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 from pydantic import ValidationError
 
-from calapi.model.features import NUMERIC_FEATURES, PLAUSIBLE, SEX_CODES, FloatArray
+from calapi.model.features import NUMERIC_FEATURES, PLAUSIBLE, SEX_ALIASES, FloatArray, encode_sex
 from calapi.serving.schemas import ROWS, Row, RowId
 
 _NUMBERS: Final = (int, float)
@@ -24,6 +24,7 @@ _HIGH: Final = np.array([1.0, *(PLAUSIBLE[name][1] for name in NUMERIC_FEATURES)
 _LOW_LIST: Final = _LOW.tolist()
 _HIGH_LIST: Final = _HIGH.tolist()
 _VECTOR_ROWS: Final = 16
+_SEX_KEY, _SEX_ALIAS = SEX_ALIASES
 
 
 class BadRequestError(Exception):
@@ -104,15 +105,12 @@ def _plain_table(items: list[Any]) -> tuple[list[tuple[Any, ...]], list[Any]] | 
     ids: list[Any] = []
     try:
         for item in items:
-            sex = item["Sex"] if "Sex" in item else item["Gender"]
-            table.append(
-                (
-                    SEX_CODES[sex.strip().lower()], item["Age"], item["Height"], item["Weight"],
-                    item["Duration"], item["Heart_Rate"], item["Body_Temp"],
-                )
-            )  # fmt: skip
+            sex = item[_SEX_KEY] if _SEX_KEY in item else item[_SEX_ALIAS]
+            if type(sex) is not str:
+                return None
+            table.append((encode_sex(sex), *_NUMBERS_OF(item)))
             ids.append(item.get("id"))
-    except (KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, ValueError):
         return None
     if not all(type(value) in _NUMBERS for values in table for value in values[1:]):
         return None
@@ -133,7 +131,7 @@ def _in_bounds(table: list[tuple[Any, ...]]) -> bool:
 def _plain_matrix(items: list[Any], *, single: bool) -> ParsedRows | None:
     """``_plain_table`` for many rows: each step one pass in C instead of Python per value."""
     try:
-        sexes = [item["Sex"] if "Sex" in item else item["Gender"] for item in items]
+        sexes = [item[_SEX_KEY] if _SEX_KEY in item else item[_SEX_ALIAS] for item in items]
         numbers = list(map(_NUMBERS_OF, items))
         ids = [item.get("id") for item in items]
         codes = _sex_codes(sexes)
@@ -157,10 +155,12 @@ def _sex_codes(sexes: list[Any]) -> list[float] | None:
     """1.0/0.0 per row, looking each distinct spelling up once; None for an unknown one."""
     codes: dict[Any, float] = {}
     for spelling in set(sexes):
-        code = SEX_CODES.get(spelling.strip().lower())
-        if code is None:
+        if type(spelling) is not str:
             return None
-        codes[spelling] = code
+        try:
+            codes[spelling] = encode_sex(spelling)
+        except ValueError:
+            return None
     return list(map(codes.__getitem__, sexes))
 
 
@@ -174,7 +174,7 @@ def _validate_one(document: dict[str, Any]) -> Row:
 def _encode(rows: list[Row]) -> FloatArray:
     return np.array(
         [
-            (SEX_CODES[r.Sex], r.Age, r.Height, r.Weight, r.Duration, r.Heart_Rate, r.Body_Temp)
+            (encode_sex(r.Sex), r.Age, r.Height, r.Weight, r.Duration, r.Heart_Rate, r.Body_Temp)
             for r in rows
         ],
         dtype=np.float64,

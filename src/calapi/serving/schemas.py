@@ -6,7 +6,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from calapi.model.features import PLAUSIBLE, SEX_CODES, UNITS
+from calapi.model.features import PLAUSIBLE, SEX_ALIASES, UNITS, encode_sex
 
 RowId = int | str
 
@@ -33,7 +33,12 @@ def _measure(name: str) -> Any:
 
 
 class Row(BaseModel):
-    """One exercise session to predict; ``Gender`` is accepted for ``Sex``."""
+    """One exercise session to predict; ``Gender`` is accepted for ``Sex``.
+
+    The row contract is ``calapi.model.features`` (FEATURES, PLAUSIBLE, SEX_ALIASES and
+    encode_sex): every constraint here comes from it, and so does the fast reader in
+    ``calapi.serving.parsing``; tests hold both against it.
+    """
 
     model_config = ConfigDict(
         extra="ignore",
@@ -45,7 +50,7 @@ class Row(BaseModel):
         None, description="Echoed back; assigned by the API when omitted, for /feedback."
     )
     Sex: str = Field(
-        validation_alias=AliasChoices("Sex", "Gender"),
+        validation_alias=AliasChoices(*SEX_ALIASES),
         description="'male' or 'female' (any case); the key may also be 'Gender'.",
     )
     Age: float = _measure("Age")
@@ -58,10 +63,8 @@ class Row(BaseModel):
     @field_validator("Sex")
     @classmethod
     def _known_sex(cls, value: str) -> str:
-        key = value.strip().lower()
-        if key not in SEX_CODES:
-            raise ValueError(f"Sex must be 'male' or 'female', got {value!r}")
-        return key
+        encode_sex(value)
+        return value.strip().lower()
 
 
 class Instances(BaseModel):

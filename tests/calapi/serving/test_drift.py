@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from calapi.model.features import FEATURES, NUMERIC_FEATURES, FloatArray, encode_sex
+from calapi.model.features import FEATURES, MALE, NUMERIC_FEATURES, FloatArray, encode_sex
 from calapi.model.synthetic import generate, true_calories
 from calapi.model.train import distribution
 from calapi.serving.drift import (
@@ -38,6 +38,14 @@ class FakeClock:
         return self.now
 
 
+def expected_kcal(frame: pd.DataFrame) -> FloatArray:
+    """The synthetic physiology's noise-free kcal for generated rows (the stand-in prediction)."""
+    return true_calories(
+        male=(frame["Sex"] == MALE).to_numpy(), heart_rate=frame["Heart_Rate"],
+        weight=frame["Weight"], age=frame["Age"], duration=frame["Duration"],
+    )  # fmt: skip
+
+
 def rows(n: int, seed: int, shift: dict[str, float] | None = None) -> tuple[FloatArray, FloatArray]:
     """Synthetic rows laid out as FEATURES (optionally shifted) and a stand-in prediction."""
     frame = generate(n, seed)
@@ -47,7 +55,7 @@ def rows(n: int, seed: int, shift: dict[str, float] | None = None) -> tuple[Floa
         [frame["Sex"].map(encode_sex).to_numpy(dtype=np.float64)]
         + [frame[name].to_numpy(dtype=np.float64) for name in NUMERIC_FEATURES]
     )
-    return raw, np.asarray(true_calories(frame), dtype=np.float64)
+    return raw, expected_kcal(frame)
 
 
 def card_for(frame: pd.DataFrame) -> dict[str, Any]:
@@ -55,7 +63,7 @@ def card_for(frame: pd.DataFrame) -> dict[str, Any]:
     reference: dict[str, Any] = {
         name: distribution(frame[name].to_numpy(dtype=np.float64)) for name in NUMERIC_FEATURES
     }
-    reference[PREDICTION] = distribution(np.asarray(true_calories(frame), dtype=np.float64))
+    reference[PREDICTION] = distribution(expected_kcal(frame))
     male = float((frame["Sex"] == "male").mean())
     reference["Sex"] = {"male": male, "female": 1.0 - male}
     return {"reference": reference}

@@ -7,8 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from api_support import api_client, row, sample
-from calapi.serving.fastpath import FastPathApi
+from api_support import api_client, routed_client, row, sample
+from calapi.serving.app import create_app
+from calapi.serving.settings import ApiSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -25,11 +26,6 @@ BODIES = [
 ]
 
 
-def drop_fast_path(app: FastPathApi) -> None:
-    """From now on, POST /predict goes through FastAPI's routing to the documented route."""
-    app.fast_path = None
-
-
 @pytest.mark.parametrize("body", BODIES)
 async def test_fast_path_answers_like_the_documented_route(
     trained_model_dir: Path, body: bytes
@@ -37,8 +33,8 @@ async def test_fast_path_answers_like_the_documented_route(
     """Status, body and content type are the same whether FastAPI routes the request or not."""
     async with api_client(trained_model_dir, max_batch_rows=3, max_body_bytes=2000) as client:
         fast = await client.post("/predict", content=body)
-        drop_fast_path(client.app)  # type: ignore[attr-defined]
-        documented = await client.post("/predict", content=body)
+        async with routed_client(client) as routed:
+            documented = await routed.post("/predict", content=body)
         registry = client.registry  # type: ignore[attr-defined]
     counted = sample(registry, "app_requests_total", route="/predict", method="POST",
                      status=str(fast.status_code))  # fmt: skip
@@ -90,3 +86,27 @@ async def test_openapi_still_documents_predict(trained_model_dir: Path) -> None:
     operation = schema["paths"]["/predict"]["post"]
     assert "application/json" in operation["requestBody"]["content"]
     assert {"200", "413", "422", "503"} <= set(operation["responses"])
+
+
+async def test_middleware_added_after_create_app_is_refused_at_start_up(
+    trained_model_dir: Path,
+) -> None:
+    """The fast path would skip a middleware added later, so start-up fails and names it."""
+    from starlette.middleware.gzip import GZipMiddleware
+
+    served = create_app(ApiSettings(model=str(trained_model_dir), reload_interval_seconds=0))
+    served.app.add_middleware(GZipMiddleware)
+    with pytest.raises(RuntimeError, match="GZipMiddleware"):
+        async with served.app.router.lifespan_context(served.app):
+            pass
+
+
+async def test_exception_handler_added_after_create_app_is_refused_at_start_up(
+    trained_model_dir: Path,
+) -> None:
+    """An exception handler added later would not see /predict's errors: start-up fails."""
+    served = create_app(ApiSettings(model=str(trained_model_dir), reload_interval_seconds=0))
+    served.app.add_exception_handler(ValueError, lambda request, exc: None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="ValueError"):
+        async with served.app.router.lifespan_context(served.app):
+            pass

@@ -4,27 +4,40 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from api_support import api_client, row, sample
-from calapi.serving.metrics import CALORIE_BUCKETS, ApiMetrics, observe_many
+from calapi.serving.metrics import CALORIE_BUCKETS, ApiMetrics, BulkHistogram
 
 
-def test_observe_many_equals_one_observe_per_value() -> None:
-    """Bulk observation gives the same buckets, count and sum as a loop of observe()."""
+def test_bulk_histogram_exports_what_one_observe_per_value_would() -> None:
+    """Bulk observation gives the same bucket, count and sum samples as a loop of observe()."""
     values = np.random.default_rng(3).uniform(-5, 450, 1000)
     values[:5] = [5.0, 10.0, 400.0, 0.0, 1e6]  # exactly on bounds and beyond the last
-    bulk, loop = CollectorRegistry(), CollectorRegistry()
-    observe_many(Histogram("h", "h", buckets=CALORIE_BUCKETS, registry=bulk), values)
-    one_by_one = Histogram("h", "h", buckets=CALORIE_BUCKETS, registry=loop)
+    bulk_registry, loop_registry = CollectorRegistry(), CollectorRegistry()
+    bulk = BulkHistogram("h", "h", buckets=CALORIE_BUCKETS, registry=bulk_registry)
+    bulk.observe_many(values[:600])
+    bulk.observe_many(values[600:])
+    one_by_one = Histogram("h", "h", buckets=CALORIE_BUCKETS, registry=loop_registry)
     for value in values:
         one_by_one.observe(value)
     for bound in (*CALORIE_BUCKETS, float("inf")):
         le = str(float(bound)) if bound != float("inf") else "+Inf"
-        assert bulk.get_sample_value("h_bucket", {"le": le}) == loop.get_sample_value(
-            "h_bucket", {"le": le}
-        )
-    assert bulk.get_sample_value("h_sum") == pytest.approx(loop.get_sample_value("h_sum"))
+        expected = loop_registry.get_sample_value("h_bucket", {"le": le})
+        assert bulk_registry.get_sample_value("h_bucket", {"le": le}) == expected
+    assert bulk_registry.get_sample_value("h_count") == 1000
+    assert bulk_registry.get_sample_value("h_sum") == pytest.approx(
+        loop_registry.get_sample_value("h_sum")
+    )
+
+
+def test_bulk_histogram_is_exposed_as_a_histogram() -> None:
+    """The exposition types the family as a histogram, so PromQL's histogram_quantile works."""
+    registry = CollectorRegistry()
+    BulkHistogram("h", "h", buckets=(1.0, 2.0), registry=registry).observe_many(np.array([1.5]))
+    text = generate_latest(registry).decode()
+    assert "# TYPE h histogram" in text
+    assert 'h_bucket{le="2.0"} 1.0' in text
 
 
 def test_model_info_points_at_one_model() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,7 +58,7 @@ def test_real_prometheus_answers_the_seed_queries(live_api: str, tmp_path: Path)
     ]  # fmt: skip
     prometheus = f"http://127.0.0.1:{port}"
     with running(argv, ready_url=f"{prometheus}/-/ready", log=tmp_path / "prometheus.log"):
-        answered: dict[str, list[object]] = {}
+        answered: dict[str, list[dict[str, Any]]] = {}
         for _ in range(60):  # bounded: about a minute of scrapes at most
             _seed_curl_loop(live_api)
             httpx.post(f"{live_api}/feedback", json={"id": 5, "Calories": 170.0}, timeout=10)
@@ -67,7 +68,7 @@ def test_real_prometheus_answers_the_seed_queries(live_api: str, tmp_path: Path)
             if all(answered.values()):
                 break
             time.sleep(1.0)
-    routes = {r["metric"].get("route") for r in answered[SEED_QUERIES[0]]}  # type: ignore[union-attr]
+    routes = {r["metric"].get("route") for r in answered[SEED_QUERIES[0]]}
     assert "/predict" in routes
     assert all(answered.values()), answered
 

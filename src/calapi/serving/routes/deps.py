@@ -1,41 +1,32 @@
-"""What route handlers share: the service, and JSON answers rendered by orjson."""
+"""What route handlers depend on, each part by itself (create_app puts them on app.state)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import Depends, Request
-from fastapi.responses import Response
+from prometheus_client import CollectorRegistry
 
-from calapi.serving.service import Service
-
-
-def get_service(request: Request) -> Service:
-    """The app's service, built by create_app."""
-    service: Service = request.app.state.service
-    return service
+from calapi.serving.drift import DriftMonitor
+from calapi.serving.handlers import PredictHandler
+from calapi.serving.holder import ModelHolder
+from calapi.serving.service import Feedback
+from calapi.serving.settings import ApiSettings
 
 
-ServiceDep = Annotated[Service, Depends(get_service)]
+def _state(name: str) -> Any:
+    """A dependency on ``app.state.<name>``, one of the parts create_app built."""
+
+    def part(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    part.__name__ = f"get_{name}"
+    return Depends(part)
 
 
-def json_response(content: Any, status_code: int = 200) -> Response:
-    """A JSON answer; orjson writes NaN as null, never as invalid JSON."""
-    return Response(
-        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-        status_code=status_code,
-        media_type="application/json",
-    )
-
-
-def problem(status_code: int, detail: str) -> Response:
-    """An error answer with one sentence."""
-    return json_response({"detail": detail}, status_code)
-
-
-def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error answers a route may give."""
-    from calapi.serving.schemas import Problem
-
-    return {code: {"model": Problem} for code in codes}
+SettingsDep = Annotated[ApiSettings, _state("settings")]
+RegistryDep = Annotated[CollectorRegistry, _state("registry")]
+HolderDep = Annotated[ModelHolder, _state("holder")]
+DriftDep = Annotated[DriftMonitor, _state("drift")]
+PredictHandlerDep = Annotated[PredictHandler, _state("predict_handler")]
+FeedbackDep = Annotated[Feedback, _state("feedback")]

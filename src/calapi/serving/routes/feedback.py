@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from calapi.serving.feedback import AlreadyAnsweredError, UnknownIdError
-from calapi.serving.routes.deps import ServiceDep, json_response, problem, responses
+from calapi.serving.responses import documented_errors, json_response, problem
+from calapi.serving.routes.deps import FeedbackDep
 from calapi.serving.schemas import FeedbackIn, FeedbackOut
 
 router = APIRouter(tags=["feedback"])
@@ -16,12 +17,12 @@ router = APIRouter(tags=["feedback"])
     "/feedback",
     summary="Send the true Calories of an earlier prediction",
     response_model=FeedbackOut,
-    responses=responses(404, 409),
+    responses=documented_errors(404, 409),
 )
-async def feedback(body: FeedbackIn, service: ServiceDep) -> Response:
+async def feedback(body: FeedbackIn, matcher: FeedbackDep) -> Response:
     """Match ground truth with its prediction: 404 unknown or expired id, 409 already answered."""
     try:
-        outcome = service.feedback(body.id, body.Calories)
+        outcome = matcher.answer(body.id, body.Calories)
     except UnknownIdError:
         detail = f"No prediction with id {body.id!r} awaits feedback (unknown or expired)."
         return problem(404, detail)

@@ -6,13 +6,13 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from calapi.serving.routes.deps import ServiceDep
+from calapi.serving.routes.deps import RegistryDep
 
 router = APIRouter(tags=["metrics"])
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(service: ServiceDep) -> Response:
+async def metrics(registry: RegistryDep) -> Response:
     """Every app_* metric; gauges backed by the feedback window are computed now."""
     # Async on purpose: the feedback store and window live on the event loop's thread.
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

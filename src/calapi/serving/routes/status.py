@@ -10,70 +10,70 @@ from fastapi.responses import Response
 
 import calapi
 from calapi.model.predictor import probe_rows
+from calapi.serving.drift import DriftMonitor
 from calapi.serving.environment import describe_environment
-from calapi.serving.routes.deps import ServiceDep, json_response, responses
+from calapi.serving.holder import ModelHolder
+from calapi.serving.responses import documented_errors, json_response
+from calapi.serving.routes.deps import DriftDep, HolderDep, SettingsDep
 from calapi.serving.schemas import Health
-from calapi.serving.service import Service
+from calapi.serving.settings import ApiSettings
 
 router = APIRouter(tags=["status"])
 READY_PROBE = probe_rows(None, 1)
+SERVING_SETTINGS_SHOWN = {
+    "reload_interval_seconds", "max_batch_rows", "feedback_max_pending",
+    "feedback_max_age_seconds", "rolling_window_seconds",
+}  # fmt: skip
 
 
 @router.get("/healthz", summary="Liveness and model status", response_model=Health,
-            responses=responses(503))  # fmt: skip
-async def healthz(service: ServiceDep) -> Response:
+            responses=documented_errors(503))  # fmt: skip
+async def healthz(holder: HolderDep) -> Response:
     """200 while a model is serving; 503 with the reason while none is loaded."""
-    return _health(service)
+    return _health(holder)
 
 
-@router.get("/readyz", summary="Readiness", response_model=Health, responses=responses(503))
-async def readyz(service: ServiceDep) -> Response:
+@router.get("/readyz", summary="Readiness", response_model=Health,
+            responses=documented_errors(503))  # fmt: skip
+async def readyz(holder: HolderDep) -> Response:
     """200 only when a model is loaded and answers a probe row."""
-    model = service.holder.current
+    model = holder.current
     if model is None:
-        return _health(service)
+        return _health(holder)
     try:
         # Straight to the model, not through the batcher: a probe is not traffic to count.
         await asyncio.to_thread(model.predict, READY_PROBE)
     except Exception as exc:
-        return json_response(
-            {"status": "unavailable", "model_loaded": True, "reason": f"Probe failed: {exc}"}, 503
-        )
-    return _health(service)
+        body = Health(status="unavailable", model_loaded=True, reason=f"Probe failed: {exc}")
+        return json_response(body.model_dump(exclude_none=True), 503)
+    return _health(holder)
 
 
 @router.get("/info", summary="App, model and environment")
-async def info(service: ServiceDep) -> dict[str, Any]:
+async def info(holder: HolderDep, drift: DriftDep, settings: SettingsDep) -> dict[str, Any]:
     """Which model answers (source, version, sha256, card), its live drift, where it runs."""
     return {
         "app": {"name": "calapi", "version": calapi.__version__},
-        "model": describe_model(service),
-        "serving": {
-            "reload_interval_seconds": service.settings.reload_interval_seconds,
-            "max_batch_rows": service.settings.max_batch_rows,
-            "feedback_max_pending": service.settings.feedback_max_pending,
-            "feedback_max_age_seconds": service.settings.feedback_max_age_seconds,
-            "rolling_window_seconds": service.settings.rolling_window_seconds,
-        },
-        "drift": describe_drift(service),
+        "model": describe_model(holder),
+        "serving": describe_serving(settings),
+        "drift": describe_drift(drift),
         "environment": describe_environment(),
     }
 
 
 @router.post("/reload", summary="Load the model from its source now", response_model=Health,
-             responses=responses(503))  # fmt: skip
-async def reload(service: ServiceDep) -> Response:
+             responses=documented_errors(503))  # fmt: skip
+async def reload(holder: HolderDep) -> Response:
     """Reload the configured model now (the watcher also does this when files change)."""
-    await service.holder.refresh(force=True)
-    return _health(service)
+    await holder.refresh(force=True)
+    return _health(holder)
 
 
-def describe_model(service: Service) -> dict[str, Any]:
+def describe_model(holder: ModelHolder) -> dict[str, Any]:
     """The /info model section: exactly which model answers, and its card's summary."""
-    model = service.holder.current
+    model = holder.current
     if model is None:
-        return {"loaded": False, "source": service.holder.source.description,
-                "reason": service.holder.problem}  # fmt: skip
+        return {"loaded": False, "source": holder.source.description, "reason": holder.problem}
     card = model.card or {}
     return {
         "loaded": True,
@@ -94,15 +94,21 @@ def describe_model(service: Service) -> dict[str, Any]:
     }
 
 
-def describe_drift(service: Service) -> dict[str, Any] | None:
+def describe_serving(settings: ApiSettings) -> dict[str, Any]:
+    """The /info serving section: the limits and windows this API runs with."""
+    return settings.model_dump(include=SERVING_SETTINGS_SHOWN)
+
+
+def describe_drift(drift: DriftMonitor) -> dict[str, Any] | None:
     """PSI per feature and for the prediction in the drift window; None without a reference."""
-    snapshot = service.drift.snapshot()
+    snapshot = drift.snapshot()
     return None if snapshot is None else snapshot.as_dict()
 
 
-def _health(service: Service) -> Response:
-    model = service.holder.current
+def _health(holder: ModelHolder) -> Response:
+    model = holder.current
     if model is None:
-        body = {"status": "unavailable", "model_loaded": False, "reason": service.holder.problem}
-        return json_response(body, 503)
-    return json_response({"status": "ok", "model_loaded": True, "model_version": model.version})
+        body = Health(status="unavailable", model_loaded=False, reason=holder.problem)
+        return json_response(body.model_dump(exclude_none=True), 503)
+    body = Health(status="ok", model_loaded=True, model_version=model.version)
+    return json_response(body.model_dump(exclude_none=True))
