@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from calapi import __version__
+from calopsctl.application import Application
 from calopsctl.commands import model, serving, stack, traffic
 from calopsctl.console import expected_failures
 
@@ -36,6 +37,7 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
@@ -48,6 +50,7 @@ def main(
     ] = False,
 ) -> None:
     """Operate the calorie-expenditure model stack."""
+    ctx.ensure_object(Application)  # settings are read when a command first asks for them
 
 
 def _unwrap(doc: str | None) -> str:

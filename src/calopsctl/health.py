@@ -9,11 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
+
+if TYPE_CHECKING:
+    from calapi.serving.schemas import Health
 
 UP, DOWN, ABSENT = "up", "down", "absent"
+Reply = TypeVar("Reply", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -58,35 +64,56 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
+def _parse(schema: type[Reply], response: httpx.Response) -> Reply | None:
+    """The body read with one of the API's schemas, or None when it is not that shape."""
+    try:
+        return schema.model_validate_json(response.content)
+    except ValidationError:
+        return None
+
+
+Verdict = tuple[str, str]  # (status, detail)
+
+
+def _probe(
+    client: httpx.Client,
+    url: str,
+    service: str,
+    path: str,
+    judge: Callable[[httpx.Response], Verdict],
+) -> Check:
+    """GET ``url + path`` and let ``judge`` read the answer; down naming the URL without one."""
+    response = _get(client, f"{url}{path}")
+    if isinstance(response, str):
+        return Check(service, path, DOWN, response)
+    return Check(service, path, *judge(response))
+
+
 def probe_api(client: httpx.Client, url: str) -> Check:
     """GET /healthz: 200 while a model serves, 503 with the reason otherwise."""
-    response = _get(client, f"{url}/healthz")
-    if isinstance(response, str):
-        return Check("api", "/healthz", DOWN, response)
-    body = _json(response)
-    if response.status_code == 200:
-        return Check("api", "/healthz", UP, _model_summary(body))
-    return Check("api", "/healthz", DOWN, f"HTTP {response.status_code}: {_reason(body)}")
+    return _probe(client, url, "api", "/healthz", _api_verdict)
 
 
-def _model_summary(body: Any) -> str:
-    if not isinstance(body, dict):
-        return "serving"
-    if body.get("model_version"):
-        return f"serving model {body['model_version']}"
-    model = body.get("model")
-    if isinstance(model, dict):
-        version = model.get("version") or model.get("sha256", "")[:12]
-        return f"serving model {version}".strip()
-    return f"serving model {model}" if model else str(body.get("status", "serving"))
+def _api_verdict(response: httpx.Response) -> Verdict:
+    from calapi.serving.schemas import Health
+
+    health = _parse(Health, response)
+    if response.status_code != HTTPStatus.OK:
+        return DOWN, f"HTTP {response.status_code}: {_reason(health, response)}"
+    if health is None:
+        return DOWN, "HTTP 200 but not the API's health answer (another server on this port?)"
+    version = health.model_version
+    return UP, f"serving model {version}" if version else "serving"
 
 
-def _reason(body: Any) -> str:
-    if isinstance(body, dict):
-        for key in ("reason", "detail", "status"):
-            if body.get(key):
-                return str(body[key])
-    return "not serving"
+def _reason(health: Health | None, response: httpx.Response) -> str:
+    """Why the API does not serve: its health reason, else its error detail."""
+    from calapi.serving.schemas import Problem
+
+    if health is not None:
+        return health.reason or health.status
+    problem = _parse(Problem, response)
+    return problem.detail if problem is not None else "not serving"
 
 
 def probe_prometheus(client: httpx.Client, url: str) -> list[Check]:
@@ -97,7 +124,7 @@ def probe_prometheus(client: httpx.Client, url: str) -> list[Check]:
             Check("prometheus", "/-/ready", DOWN, response),
             Check("prometheus", "target api", DOWN, "Prometheus does not answer"),
         ]
-    if response.status_code != 200:
+    if response.status_code != HTTPStatus.OK:
         ready = Check("prometheus", "/-/ready", DOWN, f"HTTP {response.status_code}")
     else:
         ready = Check("prometheus", "/-/ready", UP, "ready")
@@ -126,26 +153,29 @@ def _api_target(client: httpx.Client, url: str) -> Check:
 
 def probe_grafana(client: httpx.Client, url: str) -> Check:
     """GET /api/health: 200 with ``database: ok``."""
-    response = _get(client, f"{url}/api/health")
-    if isinstance(response, str):
-        return Check("grafana", "/api/health", DOWN, response)
+    return _probe(client, url, "grafana", "/api/health", _grafana_verdict)
+
+
+def _grafana_verdict(response: httpx.Response) -> Verdict:
     body = _json(response) or {}
-    if response.status_code == 200 and body.get("database") == "ok":
-        return Check("grafana", "/api/health", UP, f"version {body.get('version', '?')}")
-    return Check("grafana", "/api/health", DOWN, f"HTTP {response.status_code}: {body}")
+    if response.status_code == HTTPStatus.OK and body.get("database") == "ok":
+        return UP, f"version {body.get('version', '?')}"
+    return DOWN, f"HTTP {response.status_code}: {body}"
 
 
 def probe_mlflow(client: httpx.Client, url: str) -> Check:
     """GET /health: 200 ``OK``."""
-    response = _get(client, f"{url}/health")
-    if isinstance(response, str):
-        return Check("mlflow", "/health", DOWN, response)
-    if response.status_code == 200:
-        return Check("mlflow", "/health", UP, "ok")
-    return Check("mlflow", "/health", DOWN, f"HTTP {response.status_code}")
+    return _probe(client, url, "mlflow", "/health", _mlflow_verdict)
+
+
+def _mlflow_verdict(response: httpx.Response) -> Verdict:
+    if response.status_code == HTTPStatus.OK:
+        return UP, "ok"
+    return DOWN, f"HTTP {response.status_code}"
 
 
 def probe_service(client: httpx.Client, service: str, url: str) -> list[Check]:
+    """Every check of ``service`` (one of calopsctl.services.NAMES) at ``url``."""
     if service == "prometheus":
         return probe_prometheus(client, url)
     probes = {"api": probe_api, "grafana": probe_grafana, "mlflow": probe_mlflow}

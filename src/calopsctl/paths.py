@@ -1,14 +1,11 @@
-"""Where calops keeps things: the stack files it ships and the per-project state folder."""
+"""Where calops finds the stack files it ships and the checkout it runs from.
+
+The per-project state folder is ``CliSettings.home`` (``CALOPS_HOME``, default ``./.calops``).
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-
-def home() -> Path:
-    """The state folder (``CALOPS_HOME``, default ``./.calops``): stack state, logs, secrets."""
-    return Path(os.environ.get("CALOPS_HOME", ".calops")).resolve()
 
 
 def stack_dir() -> Path:

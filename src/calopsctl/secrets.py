@@ -1,41 +1,36 @@
-"""The Grafana admin password: from the environment, else generated once and kept 0600."""
+"""The Grafana admin password: from the settings, else generated once and kept 0600."""
 
 from __future__ import annotations
 
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from calopsctl.paths import home
+if TYPE_CHECKING:
+    from calopsctl.settings import CliSettings
 
 GRAFANA_ADMIN_USER = "admin"
-PASSWORD_ENV = "GRAFANA_ADMIN_PASSWORD"  # noqa: S105 (the variable name, not a password)
 
 
-def password_file() -> Path:
-    return home() / "secrets" / "grafana_admin_password"
+def password_file(home: Path) -> Path:
+    return home / "secrets" / "grafana_admin_password"
 
 
-def grafana_admin_password() -> str:
+def grafana_admin_password(settings: CliSettings) -> str:
     """``GRAFANA_ADMIN_PASSWORD`` when set, else the stored one, else a new one stored 0600.
 
     Never admin/admin: a stack reachable from a browser must not ship a guessable login.
     """
-    from_env = os.environ.get(PASSWORD_ENV, "").strip()
-    if from_env:
-        return from_env
-    path = password_file()
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
-    return _store_new(path)
+    stored = stored_password(settings)
+    return stored if stored is not None else _store_new(password_file(settings.home))
 
 
-def stored_password() -> str | None:
+def stored_password(settings: CliSettings) -> str | None:
     """The password ``calops info`` shows, without creating one."""
-    from_env = os.environ.get(PASSWORD_ENV, "").strip()
-    if from_env:
-        return from_env
-    path = password_file()
+    if settings.grafana_admin_password is not None:
+        return settings.grafana_admin_password.get_secret_value()
+    path = password_file(settings.home)
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 

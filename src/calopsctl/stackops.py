@@ -11,18 +11,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from calapi.errors import CalopsError
 from calapi.serving.server import port_free
-from calopsctl import health, paths
+from calopsctl import health
 from calopsctl.health import ABSENT, DOWN, Check
 from calopsctl.runtime import runtime_named, select_runtime
-from calopsctl.runtime.base import LABELS, PORT_FLAGS, Runtime, StackSpec
+from calopsctl.runtime.base import Runtime, StackSpec
 from calopsctl.secrets import GRAFANA_ADMIN_USER, grafana_admin_password, stored_password
-from calopsctl.state import SERVICES, StackState, clear_state, load_state, save_state
+from calopsctl.services import NAMES, by_name
+from calopsctl.state import StackState, clear_state, load_state, save_state, state_path
+
+if TYPE_CHECKING:
+    from calopsctl.settings import CliSettings
 
 Say = Callable[[str], None]
 EXITED = "exited"
@@ -52,23 +56,23 @@ class UpResult:
 # ---------------------------------------------------------------- up
 
 
-def up(options: UpOptions, say: Say) -> UpResult:
+def up(options: UpOptions, settings: CliSettings, say: Say) -> UpResult:
     """Start the stack, or report the one already running; wait for health when asked."""
-    running = _running_stack(say)
+    running = _running_stack(settings, say)
     if running is not None:
         state, runtime = running
         say(f"The stack is already running ({state.runtime} runtime, started {state.started}).")
         return UpResult(state, already_running=True, checks=probe(state, runtime))
-    selection = select_runtime(options.runtime)
+    selection = select_runtime(options.runtime, settings)
     say(f"Runtime: {selection.runtime.name} ({selection.reason}).")
-    return _start(options, selection.runtime, say)
+    return _start(options, settings, selection.runtime, say)
 
 
-def _start(options: UpOptions, runtime: Runtime, say: Say) -> UpResult:
-    spec = _spec(options)
+def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say) -> UpResult:
+    spec = _spec(options, settings)
     available = runtime.availability(spec)
-    for service, reason in available.absent.items():
-        say(f"{LABELS[service]} is left out: {reason}.")
+    for name, reason in available.absent.items():
+        say(f"{by_name(name).label} is left out: {reason}.")
     check_ports(spec.ports, available.services)
     ensure_model(options.config, say)
     state = StackState(
@@ -79,18 +83,18 @@ def _start(options: UpOptions, runtime: Runtime, say: Say) -> UpResult:
         extra={"absent": available.absent, "model": spec.model, "artifacts": str(spec.artifacts)},
     )
     say(f"Starting {', '.join(available.services)}...")
-    runtime.up(spec, state, save_state)
-    save_state(state)
+    runtime.up(spec, state, lambda record: save_state(settings.home, record))
+    save_state(settings.home, state)
     checks = wait_healthy(state, runtime, spec.timeout) if spec.wait else []
     return UpResult(state, already_running=False, checks=checks)
 
 
-def _running_stack(say: Say) -> tuple[StackState, Runtime] | None:
+def _running_stack(settings: CliSettings, say: Say) -> tuple[StackState, Runtime] | None:
     """The recorded stack if anything of it still runs; a stale record is cleaned away."""
-    state = load_state()
+    state = load_state(settings.home)
     if state is None:
         return None
-    runtime = runtime_named(state.runtime)
+    runtime = runtime_named(state.runtime, settings)
     if any(_alive(runtime, state).values()):
         return state, runtime
     say("Found the record of a stack that no longer runs; clearing it.")
@@ -98,17 +102,17 @@ def _running_stack(say: Say) -> tuple[StackState, Runtime] | None:
         runtime.down(state, volumes=False)
     except CalopsError as exc:
         say(f"Could not clean the old stack: {exc}")
-    clear_state()
+    clear_state(settings.home)
     return None
 
 
-def _spec(options: UpOptions) -> StackSpec:
+def _spec(options: UpOptions, settings: CliSettings) -> StackSpec:
     artifacts = _artifacts_dir(options.config)
     return StackSpec(
         ports=dict(options.ports),
         artifacts=artifacts,
         model=options.model or str(artifacts),
-        grafana_password=grafana_admin_password(),
+        grafana_password=grafana_admin_password(settings),
         build=options.build,
         wait=options.wait,
         timeout=options.timeout,
@@ -134,17 +138,16 @@ def suggest_port(port: int, taken: set[int]) -> int:
 
 def check_ports(ports: dict[str, int], services: list[str]) -> None:
     """Raise before anything starts when two services share a port or a port is taken."""
-    wanted = {service: ports[service] for service in services}
+    wanted = {by_name(name): ports[name] for name in services}
     if len(set(wanted.values())) < len(wanted):
-        listing = ", ".join(f"{LABELS[s]} {p}" for s, p in wanted.items())
+        listing = ", ".join(f"{s.label} {p}" for s, p in wanted.items())
         raise CalopsError(f"Two services were given the same port ({listing}); pick distinct ones.")
-    for service, port in wanted.items():
+    for taken, port in wanted.items():
         if not port_free(port):
-            flag, env = PORT_FLAGS[service]
             other = suggest_port(port, set(wanted.values()))
             raise CalopsError(
-                f"Port {port} ({LABELS[service]}) is already in use; pick another with "
-                f"{flag} {other} (or {env}={other})."
+                f"Port {port} ({taken.label}) is already in use; pick another with "
+                f"{taken.port_flag} {other} (or {taken.port_env}={other})."
             )
 
 
@@ -180,13 +183,13 @@ def probe(state: StackState, runtime: Runtime) -> list[Check]:
     absent: dict[str, str] = state.extra.get("absent", {})
     checks: list[Check] = []
     with httpx.Client(timeout=PROBE_TIMEOUT) as client:
-        for service in SERVICES:
-            if service not in state.services:
-                reason = absent.get(service, "not part of this stack")
-                checks.append(Check(service, "-", ABSENT, reason, required=False))
+        for name in NAMES:
+            if name not in state.services:
+                reason = absent.get(name, "not part of this stack")
+                checks.append(Check(name, "-", ABSENT, reason, required=False))
                 continue
-            found = health.probe_service(client, service, state.url(service))
-            if alive.get(service) is False:
+            found = health.probe_service(client, name, state.url(name))
+            if alive.get(name) is False:
                 found = [_exited(check, runtime, state) for check in found]
             checks.extend(found)
     return checks
@@ -215,59 +218,60 @@ def wait_healthy(state: StackState, runtime: Runtime, timeout: float) -> list[Ch
     bad = health.failing(checks)
     if bad:
         first = bad[0]
+        label = by_name(first.service).label
         tail = runtime.log_tail(state, first.service) or "(the log is empty)"
         raise CalopsError(
-            f"{LABELS[first.service]} did not become healthy ({first.check}: {first.detail}); "
+            f"{label} did not become healthy ({first.check}: {first.detail}); "
             f"last lines of its log:\n{tail}\nRun `calops down` to remove what was started."
         )
     return checks
 
 
-def stack_health(wait: float) -> tuple[StackState, list[Check]]:
+def stack_health(settings: CliSettings, wait: float) -> tuple[StackState, list[Check]]:
     """The recorded stack and its checks, retried up to ``wait`` seconds."""
-    state = require_state()
-    runtime = runtime_named(state.runtime)
+    state = require_state(settings.home)
+    runtime = runtime_named(state.runtime, settings)
     return state, health.retry(lambda: probe(state, runtime), timeout=wait)
 
 
 # ---------------------------------------------------------------- down, info, logs
 
 
-def require_state() -> StackState:
-    state = load_state()
+def require_state(home: Path) -> StackState:
+    state = load_state(home)
     if state is None:
-        raise CalopsError(f"Nothing is up (no stack recorded in {paths.home()}); run `calops up`.")
+        raise CalopsError(f"Nothing is up (no stack recorded in {home}); run `calops up`.")
     return state
 
 
-def down(*, volumes: bool, say: Say) -> list[str]:
+def down(settings: CliSettings, *, volumes: bool, say: Say) -> list[str]:
     """Remove the recorded stack; saying so (and exiting 0) when nothing is up."""
-    state = load_state()
+    state = load_state(settings.home)
     if state is None:
-        say(f"Nothing to take down: no stack is recorded in {paths.home()}.")
+        say(f"Nothing to take down: no stack is recorded in {settings.home}.")
         return []
-    stopped = runtime_named(state.runtime).down(state, volumes=volumes)
-    clear_state()
+    stopped = runtime_named(state.runtime, settings).down(state, volumes=volumes)
+    clear_state(settings.home)
     say(f"Stopped: {', '.join(stopped)}." if stopped else "No service was still running.")
     if volumes:
         say("Removed the stack's data (MLflow runs, Prometheus and Grafana data).")
     return stopped
 
 
-def info() -> dict[str, Any]:
+def info(settings: CliSettings) -> dict[str, Any]:
     """The API's /info plus what the stack is and where to find its parts."""
-    state = require_state()
-    runtime = runtime_named(state.runtime)
+    state = require_state(settings.home)
+    runtime = runtime_named(state.runtime, settings)
     api = _api_info(state.url("api"))
     return {
         "runtime": state.runtime,
         "project": state.project,
         "started": state.started,
         "model": api.get("model") if "error" not in api else {"error": api["error"]},
-        "services": _service_rows(state),
+        "services": _service_rows(state, settings),
         "tracking_uri": state.url("mlflow"),
         "logs": runtime.where_logs(state),
-        "state_file": str(paths.home() / "stack.json"),
+        "state_file": str(state_path(settings.home)),
         "api": api,
     }
 
@@ -282,33 +286,33 @@ def _api_info(url: str) -> dict[str, Any]:
     return body if isinstance(body, dict) else {"info": body}
 
 
-def _service_rows(state: StackState) -> list[dict[str, Any]]:
+def _service_rows(state: StackState, settings: CliSettings) -> list[dict[str, Any]]:
     absent: dict[str, str] = state.extra.get("absent", {})
     rows = []
-    for service in SERVICES:
-        running = service in state.services
+    for name in NAMES:
+        running = name in state.services
         rows.append(
             {
-                "service": service,
-                "url": state.url(service) if running else None,
-                "port": state.ports.get(service) if running else None,
-                "credentials": _credentials(service) if running else None,
-                "absent": None if running else absent.get(service, "not part of this stack"),
+                "service": name,
+                "url": state.url(name) if running else None,
+                "port": state.ports.get(name) if running else None,
+                "credentials": _credentials(name, settings) if running else None,
+                "absent": None if running else absent.get(name, "not part of this stack"),
             }
         )
     return rows
 
 
-def _credentials(service: str) -> str | None:
-    if service != "grafana":
+def _credentials(name: str, settings: CliSettings) -> str | None:
+    if name != "grafana":
         return None
-    return f"{GRAFANA_ADMIN_USER} / {stored_password() or '(not generated yet)'}"
+    return f"{GRAFANA_ADMIN_USER} / {stored_password(settings) or '(not generated yet)'}"
 
 
-def summary_rows(result: UpResult) -> list[dict[str, Any]]:
+def summary_rows(result: UpResult, settings: CliSettings) -> list[dict[str, Any]]:
     """Service, URL, status and credentials for the table `calops up` ends with."""
     status = {c.service: c.status for c in result.checks if c.status == DOWN}
-    rows = _service_rows(result.state)
+    rows = _service_rows(result.state, settings)
     for row in rows:
         if row["absent"]:
             row["status"] = f"absent: {row['absent']}"
@@ -319,12 +323,11 @@ def summary_rows(result: UpResult) -> list[dict[str, Any]]:
     return rows
 
 
-def logs(service: str | None, *, follow: bool, tail: int) -> None:
-    state = require_state()
-    if service is not None and service not in state.services:
+def logs(settings: CliSettings, name: str | None, *, follow: bool, tail: int) -> None:
+    state = require_state(settings.home)
+    if name is not None and name not in state.services:
         raise CalopsError(
-            f"No service named {service!r} in this stack; choose one of "
-            f"{', '.join(state.services)}."
+            f"No service named {name!r} in this stack; choose one of {', '.join(state.services)}."
         )
-    services = [service] if service else list(state.services)
-    runtime_named(state.runtime).stream_logs(state, services, follow=follow, tail=tail)
+    services = [name] if name else list(state.services)
+    runtime_named(state.runtime, settings).stream_logs(state, services, follow=follow, tail=tail)

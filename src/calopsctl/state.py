@@ -12,10 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from calopsctl.paths import home
-
-SERVICES = ("api", "prometheus", "grafana", "mlflow")
-DEFAULT_PORTS = {"api": 8000, "prometheus": 9090, "grafana": 3000, "mlflow": 5000}
+from calopsctl.services import NAMES, loopback_url
 
 
 @dataclass
@@ -26,37 +23,37 @@ class StackState:
     ports: dict[str, int]
     project: str = "calops"
     started: str = ""
-    services: list[str] = field(default_factory=lambda: list(SERVICES))
+    services: list[str] = field(default_factory=lambda: list(NAMES))
     pids: dict[str, int] = field(default_factory=dict)  # local runtime only
     logs: str = ""  # folder of per-service logs (local) or "" (docker: `calops logs`)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def url(self, service: str) -> str:
         """Loopback URL of a service, e.g. ``http://127.0.0.1:8000``."""
-        return f"http://127.0.0.1:{self.ports[service]}"
+        return loopback_url(self.ports[service])
 
 
-def state_path() -> Path:
-    return home() / "stack.json"
+def state_path(home: Path) -> Path:
+    return home / "stack.json"
 
 
-def load_state() -> StackState | None:
-    """The recorded stack, or None when nothing was brought up from this folder."""
+def load_state(home: Path) -> StackState | None:
+    """The stack recorded in ``home``, or None when nothing was brought up from there."""
     try:
-        raw = json.loads(state_path().read_text(encoding="utf-8"))
+        raw = json.loads(state_path(home).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     return StackState(**raw)
 
 
-def save_state(state: StackState) -> None:
+def save_state(home: Path, state: StackState) -> None:
     """Write the record atomically."""
-    path = state_path()
+    path = state_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def clear_state() -> None:
-    state_path().unlink(missing_ok=True)
+def clear_state(home: Path) -> None:
+    state_path(home).unlink(missing_ok=True)

@@ -13,12 +13,12 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from calapi.errors import CalopsError
-from calopsctl import paths
 from calopsctl.state import load_state
 
 # Tag keys written on every run; the API and `calops info` read them back.
@@ -29,6 +29,7 @@ TAG_TRAINER = "calops.trainer"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 
 HEALTH_TIMEOUT_SECONDS = 3.0
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class TrackingError(CalopsError):
@@ -97,14 +98,13 @@ class Tracker(Protocol):
 # -- choosing the tracking URI ---------------------------------------------------------------
 
 
-def resolve_target(explicit: str | None) -> TrackingTarget:
-    """``--tracking`` (or MLFLOW_TRACKING_URI), else the running stack's server, else SQLite."""
+def resolve_target(explicit: str | None, *, home: Path) -> TrackingTarget:
+    """``--tracking`` (or MLFLOW_TRACKING_URI), else the stack in ``home``, else SQLite there."""
     if explicit:
         return _target_for(explicit, "--tracking / MLFLOW_TRACKING_URI")
-    stack_url = _running_stack_mlflow()
+    stack_url = _running_stack_mlflow(home)
     if stack_url:
         return TrackingTarget(stack_url, "the running stack's MLflow server")
-    home = paths.home()
     return TrackingTarget(
         f"sqlite:///{home / 'mlflow.db'}", "local SQLite store", home / "mlartifacts"
     )
@@ -129,8 +129,8 @@ def _target_for(uri: str, origin: str) -> TrackingTarget:
     )
 
 
-def _running_stack_mlflow() -> str | None:
-    state = load_state()
+def _running_stack_mlflow(home: Path) -> str | None:
+    state = load_state(home)
     if state is None or "mlflow" not in state.ports:
         return None
     url = state.url("mlflow")
@@ -144,7 +144,7 @@ def _answers(url: str) -> bool:
         response = httpx.get(f"{url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_SECONDS)
     except httpx.HTTPError:
         return False
-    return response.status_code == 200
+    return response.status_code == HTTPStatus.OK
 
 
 def check_reachable(target: TrackingTarget) -> None:
@@ -163,16 +163,16 @@ class MlflowTracker:
     """``Tracker`` backed by MLflow (fluent API for the run, ``MlflowClient`` for the registry)."""
 
     def __init__(self, target: TrackingTarget) -> None:
-        _prepare_environment(target)
         import mlflow
 
         _quiet_loggers()  # after the import: importing mlflow sets its own logger's level
 
         self._target = target
         self._mlflow = mlflow
-        mlflow.set_tracking_uri(target.uri)
-        mlflow.set_registry_uri(target.uri)
-        self._client = mlflow.MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
+        with mlflow_environment(target):  # the client builds its tracking store right away
+            mlflow.set_tracking_uri(target.uri)
+            mlflow.set_registry_uri(target.uri)
+            self._client = mlflow.MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
 
     def aliased(self, model_name: str, alias: str) -> AliasedVersion | None:
         """The version ``alias`` points at, or None when the model or the alias does not exist."""
@@ -266,7 +266,12 @@ class MlflowTracker:
 
         sink = io.StringIO()
         try:
-            with warnings.catch_warnings(), redirect_stdout(sink), redirect_stderr(sink):
+            with (
+                mlflow_environment(self._target),
+                warnings.catch_warnings(),
+                redirect_stdout(sink),
+                redirect_stderr(sink),
+            ):
                 warnings.simplefilter("ignore")
                 yield
         except (MlflowException, requests.RequestException, OSError) as exc:
@@ -276,13 +281,35 @@ class MlflowTracker:
             ) from None
 
 
-def _prepare_environment(target: TrackingTarget) -> None:
-    """Settings MLflow reads from the environment, set before it creates any store."""
+@contextmanager
+def mlflow_environment(target: TrackingTarget) -> Iterator[None]:
+    """Variables MLflow reads while it builds a store or copies artifacts, set only meanwhile.
+
+    MLflow reads them from ``os.environ`` (its store classes check MLFLOW_ALLOW_FILE_STORE when
+    constructed), so they are set around each MLflow call and the previous values put back.
+    """
+    wanted = {PROGRESS_BAR: os.environ.get(PROGRESS_BAR, "false")}  # a user's choice wins
     if urlparse(target.uri).scheme == "file":
         # MLflow 3.13+ refuses file stores unless told; `--tracking file:./mlruns` is a
         # supported choice here, so say yes on the user's behalf.
-        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        wanted["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    with scoped_environ(wanted):
+        yield
+
+
+@contextmanager
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block; restore (or remove) them afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _quiet_loggers() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -107,13 +106,18 @@ class TrainSummary:
 def train_and_track(
     options: TrainOptions,
     *,
+    home: Path,
     report: Report = lambda _message: None,
     tracker_factory: TrackerFactory | None = None,
 ) -> TrainSummary:
-    """Train (built-in or ``options.script``), log the run to MLflow, move the alias if earned."""
+    """Train (built-in or ``options.script``), log the run to MLflow, move the alias if earned.
+
+    ``home`` is the state folder: its stack's MLflow, else its SQLite store, when no
+    ``options.tracking`` is given.
+    """
     config_path = options.config_path or default_config_path()
     config = _effective_config(load_config(config_path), options)
-    target = tracking.resolve_target(options.tracking)
+    target = tracking.resolve_target(options.tracking, home=home)
     report(f"Tracking to {target.uri} ({target.origin}).")
     tracking.check_reachable(target)
     tracker = (tracker_factory or tracking.MlflowTracker)(target)
@@ -226,43 +230,22 @@ def _read_metrics(path: Path) -> dict[str, Any]:
 
 def write_card(config: TrainConfig, metrics: Mapping[str, Any]) -> Path:
     """Describe a script's model with what can be known without its training data."""
-    from calapi.model.features import FEATURES, TARGET, UNITS
-    from calapi.model.train import file_sha256
+    from calapi.model.artifact import file_sha256
+    from calapi.model.card import CardFacts, build_card, save_card
 
     model_path = config.outputs.model_path
-    created = datetime.fromtimestamp(model_path.stat().st_mtime, UTC)
-    card = {
-        "schema_version": 1,
-        "name": config.model.name,
-        "created": created.isoformat(),
-        "model_file": model_path.name,
-        "sha256": file_sha256(model_path),
-        "features": list(FEATURES),
-        "target": TARGET,
-        "units": dict(UNITS),
-        "metrics": dict(metrics),
-        "data": {"source": config.data.source, "synthetic": config.data.source == "synthetic"},
-        "versions": _versions(),
-        "holdout": {"enabled": metrics.get("evaluated_on", HOLDOUT) == HOLDOUT},
-        "written_by": "calops train --script (the script wrote no model card)",
-    }
-    path = config.outputs.card_path
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(card, indent=2), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": sys.version.split()[0]}
-    for name in ("calops", "scikit-learn", "numpy", "pandas", "mlflow"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
+    facts = CardFacts(
+        name=config.model.name,
+        model_file=model_path.name,
+        sha256=file_sha256(model_path),
+        created=datetime.fromtimestamp(model_path.stat().st_mtime, UTC),
+        metrics=metrics,
+        data={"source": config.data.source, "synthetic": config.data.source == "synthetic"},
+        holdout={"enabled": metrics.get("evaluated_on", HOLDOUT) == HOLDOUT},
+        written_by="calops train --script (the script wrote no model card)",
+    )
+    save_card(config.outputs.card_path, build_card(facts))
+    return config.outputs.card_path
 
 
 # -- what gets logged ----------------------------------------------------------------------------
@@ -285,16 +268,13 @@ def _record(
     )
 
 
-def numeric_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Every number in metrics.json under its own name (nested objects get dotted names)."""
-    found: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            found.update(numeric_metrics(value, f"{name}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            found[name] = float(value)
-    return found
+    return {
+        name: float(value)
+        for name, value in flatten(dict(metrics)).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def _tags(produced: Produced, options: TrainOptions) -> dict[str, str]:
@@ -332,15 +312,9 @@ def git_commit() -> str | None:
 
 
 def _load_model(path: Path) -> Any:
-    import joblib
+    from calapi.model.artifact import load_model
 
-    try:
-        model = joblib.load(path)
-    except Exception as exc:  # a user's script may write anything; say so in one sentence
-        raise ModelError(f"{path} is not a loadable joblib model ({type(exc).__name__}).") from None
-    if not callable(getattr(model, "predict", None)):
-        raise ModelError(f"{path} holds a {type(model).__name__}, which has no predict().")
-    return model
+    return load_model(path)
 
 
 def _input_example(config: TrainConfig) -> Any:
@@ -354,7 +328,11 @@ def _input_example(config: TrainConfig) -> Any:
 
 def _pip_requirements() -> list[str]:
     """Pinned so `mlflow models serve` recreates this environment instead of guessing it."""
-    return [f"{name}=={version}" for name, version in _versions().items() if name != "python"]
+    from calapi.model.card import library_versions
+
+    required = ("calops", "scikit-learn", "numpy", "pandas", "mlflow")
+    found = library_versions(required)
+    return [f"{name}=={found[name]}" for name in required if found[name]]
 
 
 # -- the alias -----------------------------------------------------------------------------------

@@ -41,19 +41,57 @@ def _target(job: str, state: str, error: str = "") -> dict[str, Any]:
     }
 
 
+def _healthz(code: int, **body: Any) -> httpx.Client:
+    """A client whose /healthz answers HTTP ``code`` with ``body``."""
+    return _client({"/healthz": _json(code, body)})
+
+
 def test_api_up_shows_the_model_version() -> None:
-    """A 200 from /healthz is up, with the model version in the detail."""
-    client = _client({"/healthz": _json(200, {"status": "ok", "model_version": "abc123"})})
+    """A 200 Health body from /healthz is up, with the model version in the detail."""
+    client = _healthz(200, status="ok", model_loaded=True, model_version="abc123")
     check = health.probe_api(client, URL)
     assert (check.status, check.detail) == (UP, "serving model abc123")
 
 
+def test_api_up_without_a_version_just_serves() -> None:
+    """A Health body without model_version is still up."""
+    check = health.probe_api(_healthz(200, status="ok", model_loaded=True), URL)
+    assert (check.status, check.detail) == (UP, "serving")
+
+
 def test_api_without_model_is_down_with_its_reason() -> None:
-    """A 503 from /healthz is down and carries the API's reason."""
-    client = _client({"/healthz": _json(503, {"status": "no model", "reason": "no model yet"})})
+    """A 503 Health body from /healthz is down and carries the API's reason."""
+    client = _healthz(503, status="unavailable", model_loaded=False, reason="no model yet")
     check = health.probe_api(client, URL)
     assert check.status == DOWN
     assert check.detail == "HTTP 503: no model yet"
+
+
+def test_api_error_body_is_read_as_a_problem() -> None:
+    """An error answer in the API's Problem shape gives its detail."""
+    check = health.probe_api(_healthz(500, detail="model file is corrupt"), URL)
+    assert (check.status, check.detail) == (DOWN, "HTTP 500: model file is corrupt")
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        lambda: httpx.Response(200, json={"status": "ok", "model_version": "abc"}),
+        lambda: httpx.Response(200, text="<html>it works</html>"),
+    ],
+    ids=["missing model_loaded", "html"],
+)
+def test_api_200_that_is_not_a_health_body_is_down(route: Callable[[], httpx.Response]) -> None:
+    """A 200 whose body is not the API's Health schema is not taken for the API."""
+    check = health.probe_api(_client({"/healthz": route}), URL)
+    assert check.status == DOWN
+    assert "not the API's health answer" in check.detail
+
+
+def test_api_error_without_a_known_body_says_not_serving() -> None:
+    """An error answer in no known shape still gives the status code."""
+    client = _client({"/healthz": lambda: httpx.Response(502, text="Bad Gateway")})
+    assert health.probe_api(client, URL).detail == "HTTP 502: not serving"
 
 
 def test_refused_connection_is_down_naming_the_url() -> None:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ import yaml
 
 from calapi.serving.server import port_free
 from calopsctl.runtime import processes
+from calopsctl.services import NAMES, SERVICES
 from support import api_argv, free_port, running
 
 pytestmark = [
@@ -50,21 +52,16 @@ class Stack:
             check=False,
         )
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, Any]:
         path = self.folder / ".calops" / "stack.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def pids(self) -> dict[str, int]:
-        return dict(self.state().get("pids", {}))  # type: ignore[call-overload]
+        return dict(self.state().get("pids", {}))
 
 
 def _port_options(ports: dict[str, int]) -> list[str]:
-    return [
-        *("--host-port", str(ports["api"])),
-        *("--prometheus-port", str(ports["prometheus"])),
-        *("--grafana-port", str(ports["grafana"])),
-        *("--mlflow-port", str(ports["mlflow"])),
-    ]
+    return [arg for s in SERVICES for arg in (s.port_flag, str(ports[s.name]))]
 
 
 def _small_config(folder: Path) -> Path:
@@ -87,9 +84,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, trained_model_dir: Path) -> 
     folder = tmp_path_factory.mktemp("stack")
     shutil.copytree(trained_model_dir, folder / "artifacts")
     _small_config(folder)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HOST_PORT")}
-    env.pop("GRAFANA_ADMIN_PASSWORD", None)
-    ports = {s: free_port() for s in ("api", "prometheus", "grafana", "mlflow")}
+    unset = {"MLFLOW_TRACKING_URI", "GRAFANA_ADMIN_PASSWORD", *(s.port_env for s in SERVICES)}
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    ports = {name: free_port() for name in NAMES}
     handle = Stack(folder, env, ports, up=subprocess.CompletedProcess([], 0, "", ""))
     try:
         handle.up = handle.calops("up", "--runtime", "local", *_port_options(ports), "--json")

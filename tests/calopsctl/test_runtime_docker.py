@@ -17,6 +17,8 @@ from calopsctl.runtime import select_runtime
 from calopsctl.runtime.base import StackSpec
 from calopsctl.runtime.docker import DockerRuntime, compose_env, engine_answers
 from calopsctl.runtime.local import LocalRuntime
+from calopsctl.services import SERVICES
+from calopsctl.settings import CliSettings
 from calopsctl.state import StackState
 
 PORTS = {"api": 8010, "prometheus": 9091, "grafana": 3001, "mlflow": 5001}
@@ -92,22 +94,22 @@ def _spec(tmp_path: Path, model: str | None = None) -> StackSpec:
     )
 
 
-def _runtime(tmp_path: Path, compose: FakeCompose) -> tuple[DockerRuntime, FakeFactory]:
+def _runtime(
+    tmp_path: Path, compose: FakeCompose, overrides: tuple[Path, ...] = ()
+) -> tuple[DockerRuntime, FakeFactory]:
     factory = FakeFactory(compose)
-    return DockerRuntime(tmp_path / "home", client_factory=factory), factory
+    runtime = DockerRuntime(tmp_path / "home", overrides=overrides, client_factory=factory)
+    return runtime, factory
 
 
 def _state() -> StackState:
     return StackState(runtime="docker", ports=PORTS, services=list(ALL))
 
 
-def test_client_gets_compose_files_project_and_env_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The client uses stack/compose.yaml plus CALOPS_COMPOSE_FILES, project calops, env file."""
+def test_client_gets_compose_files_project_and_env_file(tmp_path: Path) -> None:
+    """The client uses stack/compose.yaml plus the overrides, project calops, the env file."""
     override = tmp_path / "override.yaml"
-    monkeypatch.setenv("CALOPS_COMPOSE_FILES", str(override))
-    runtime, factory = _runtime(tmp_path, FakeCompose(ALL))
+    runtime, factory = _runtime(tmp_path, FakeCompose(ALL), overrides=(override,))
     runtime.availability(_spec(tmp_path))
     built = factory.kwargs[-1]
     assert built["compose_files"] == [paths.stack_dir() / "compose.yaml", override]
@@ -120,12 +122,18 @@ def test_env_file_holds_ports_password_artifacts_and_is_private(tmp_path: Path) 
     runtime, _ = _runtime(tmp_path, FakeCompose(ALL))
     runtime.availability(_spec(tmp_path))
     text = runtime.env_file.read_text()
-    for line in ("HOST_PORT=8010", "PROMETHEUS_PORT=9091", "GRAFANA_PORT=3001"):
+    for line in ("HOST_PORT=8010", "PROMETHEUS_PORT=9091", "GRAFANA_PORT=3001", "MLFLOW_PORT=5001"):
         assert line in text
-    assert "MLFLOW_PORT=5001" in text
     assert "GRAFANA_ADMIN_PASSWORD=s3cret-pw" in text
     assert f"CALOPS_ARTIFACTS={tmp_path / 'artifacts'}" in text
     assert stat.S_IMODE(runtime.env_file.stat().st_mode) == 0o600
+
+
+def test_compose_file_reads_the_port_variables_of_the_services_table() -> None:
+    """stack/compose.yaml publishes each service on the variable the services table names."""
+    text = (paths.stack_dir() / "compose.yaml").read_text()
+    for service in SERVICES:
+        assert f"${{{service.port_env}:-{service.default_port}}}" in text
 
 
 def test_model_reference_passes_only_registry_uris(tmp_path: Path) -> None:
@@ -221,33 +229,34 @@ def test_stream_logs_writes_compose_output(
     )
 
 
-def test_docker_asked_without_engine_is_one_sentence(
-    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_docker_asked_without_engine_is_one_sentence(tmp_path: Path) -> None:
     """--runtime docker with no engine names where it looked and what to do."""
-    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    settings = CliSettings(home=tmp_path, docker_host="unix:///nonexistent/docker.sock")
     with pytest.raises(CalopsError) as caught:
-        select_runtime("docker", answers=lambda: False)
+        select_runtime("docker", settings, answers=lambda: False)
     assert str(caught.value) == (
         "Docker was asked for but no engine answers at unix:///nonexistent/docker.sock; "
         "start Docker or use --runtime local."
     )
 
 
-def test_auto_picks_local_without_engine_and_docker_with_one(isolated_home: Path) -> None:
+def test_auto_picks_local_without_engine_and_docker_with_one(tmp_path: Path) -> None:
     """auto: local processes when no engine answers (saying why), Docker when one does."""
-    chosen = select_runtime("auto", answers=lambda: False)
+    settings = CliSettings(home=tmp_path, compose_files=[tmp_path / "extra.yaml"])
+    chosen = select_runtime("auto", settings, answers=lambda: False)
     assert isinstance(chosen.runtime, LocalRuntime)
     assert "no Docker engine answers" in chosen.reason
-    chosen = select_runtime("auto", answers=lambda: True)
+    chosen = select_runtime("auto", settings, answers=lambda: True)
     assert isinstance(chosen.runtime, DockerRuntime)
+    assert chosen.runtime.home == tmp_path
+    assert chosen.runtime.overrides == (tmp_path / "extra.yaml",)
     assert "engine answers" in chosen.reason
 
 
-def test_unknown_runtime_is_refused(isolated_home: Path) -> None:
+def test_unknown_runtime_is_refused(tmp_path: Path) -> None:
     """A runtime name other than auto, docker or local is refused with the choices."""
     with pytest.raises(CalopsError, match="auto, docker, local"):
-        select_runtime("podman")
+        select_runtime("podman", CliSettings(home=tmp_path))
 
 
 @pytest.mark.integration
@@ -273,15 +282,15 @@ def test_real_compose_reads_the_stack_with_the_env_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Real python-on-whales: compose config sees the env file's ports; offline drops grafana."""
-    monkeypatch.delenv("CALOPS_COMPOSE_FILES", raising=False)
-    for name in ("HOST_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT", "MLFLOW_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    for service in SERVICES:
+        monkeypatch.delenv(service.port_env, raising=False)
     runtime = DockerRuntime(tmp_path / "home")
     assert runtime.availability(_spec(tmp_path)).services == ALL
     config = runtime.client.compose.config(return_json=True)
     assert str(config["services"]["api"]["ports"][0]["published"]) == "8010"
-    offline = paths.stack_dir() / "compose.offline.yaml"
-    monkeypatch.setenv("CALOPS_COMPOSE_FILES", str(offline))
-    available = runtime.availability(_spec(tmp_path))
+    offline = DockerRuntime(
+        tmp_path / "home", overrides=[paths.stack_dir() / "compose.offline.yaml"]
+    )
+    available = offline.availability(_spec(tmp_path))
     assert available.services == ["api", "prometheus", "mlflow"]
     assert available.absent == {"grafana": "left out by the compose files"}

@@ -30,22 +30,6 @@ from calopsctl.simulator.view import RateMeter, print_summary
 from calopsctl.state import StackState, save_state
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"feedback_fraction": 1.5}, "--feedback-fraction must be between 0 and 1"),
-        ({"rps": 0.0}, "--rps must be > 0"),
-        ({"duration": 5.0, "count": 5}, "not both"),
-        ({"batch_size": 0}, "--batch-size must be at least 1"),
-        ({"feedback_delay": -1.0}, "--feedback-delay must be >= 0"),
-    ],
-)
-def test_invalid_options_are_one_sentence(overrides: dict[str, object], message: str) -> None:
-    """Each out-of-range option is refused with a CalopsError naming the option."""
-    with pytest.raises(CalopsError, match=message):
-        SimulationSettings(url="http://x", **overrides)  # type: ignore[arg-type]
-
-
 def test_run_length_comes_from_count_or_duration() -> None:
     """--count plans exactly N requests; --duration plans rate x seconds; drift starts at 1/4."""
     assert SimulationSettings(url="u", rps=50, count=7).requests == 7
@@ -149,24 +133,49 @@ def test_csv_without_calories_is_refused_when_feedback_is_wanted(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    ("body", "expected"),
+    ("body", "ids", "expected"),
     [
-        ({"id": "a", "Calories": 10.0, "model_version": "3"}, ([10.0, None], "3")),
+        ({"id": "a", "Calories": 10.0, "model_version": "3"}, ("a",), ([10.0], "3")),
+        ({"id": "z", "Calories": 10.0, "model_version": "3"}, ("a",), ([None], "3")),
         (
-            {"predictions": [{"id": "b", "Calories": 2}, {"id": "a", "Calories": 1}]},
-            ([1.0, 2.0], None),
+            {
+                "predictions": [{"id": "b", "Calories": 2}, {"id": "a", "Calories": 1}],
+                "model_version": "4",
+            },
+            ("a", "b", "c"),
+            ([1.0, 2.0, None], "4"),
         ),
-        ([{"Calories": 5.0}, {"Calories": 6.0}], ([5.0, 6.0], None)),
-        ({"detail": "nope"}, ([None, None], None)),
     ],
+    ids=["single", "single with another id", "batch out of order, one row missing"],
 )
-def test_answers_are_matched_by_id_or_order(
-    body: object, expected: tuple[list[float | None], str | None]
+def test_answers_are_read_with_the_api_schemas_and_matched_by_id(
+    body: object, ids: tuple[str, ...], expected: tuple[list[float | None], str | None]
 ) -> None:
-    """Predictions are read from the answer shapes the API may use, matched to the ids sent."""
-    values, version = predictions(orjson.dumps(body), ("a", "b"))
+    """A SinglePrediction or BatchPrediction gives one value per id sent (NaN when not echoed)."""
+    values, version = predictions(orjson.dumps(body), ids)
     assert [None if np.isnan(v) else v for v in values] == expected[0]
     assert version == expected[1]
+
+
+@pytest.mark.parametrize(
+    ("body", "ids"),
+    [
+        (b'{"detail": "nope"}', ("a",)),
+        (b'{"id": "a", "Calories": 10.0}', ("a",)),
+        (b'[{"id": "a", "Calories": 5.0}, {"id": "b", "Calories": 6.0}]', ("a", "b")),
+        (b'{"id": "a", "Calories": 10.0, "model_version": "3"}', ("a", "b")),
+        (b"not json", ("a", "b")),
+    ],
+    ids=["problem", "no model_version", "bare list", "single for a batch", "not json"],
+)
+def test_answers_not_of_the_schema_count_as_no_prediction(
+    body: bytes, ids: tuple[str, ...]
+) -> None:
+    """A reply that does not validate gives NaN for every row and no model version."""
+    values, version = predictions(body, ids)
+    assert all(np.isnan(v) for v in values)
+    assert len(values) == len(ids)
+    assert version is None
 
 
 def test_feedback_queue_releases_in_due_order() -> None:
@@ -180,17 +189,14 @@ def test_feedback_queue_releases_in_due_order() -> None:
     assert queue.clear() == 1
 
 
-def test_url_comes_from_option_then_seed_env_then_stack_then_default(
-    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_url_comes_from_option_then_seed_url_then_stack_then_default(tmp_path: Path) -> None:
     """--url wins, then $URL (the seed's way), then the running stack's API, then 127.0.0.1:8000."""
-    monkeypatch.delenv("URL", raising=False)
-    assert resolve_url(None) == DEFAULT_URL
-    save_state(StackState(runtime="local", ports={"api": 8123}))
-    assert resolve_url(None) == "http://127.0.0.1:8123"
-    monkeypatch.setenv("URL", "http://127.0.0.1:8010/")
-    assert resolve_url(None) == "http://127.0.0.1:8010"
-    assert resolve_url("http://h:1") == "http://h:1"
+    assert resolve_url(None, seed_url=None, home=tmp_path) == DEFAULT_URL == "http://127.0.0.1:8000"
+    save_state(tmp_path, StackState(runtime="local", ports={"api": 8123}))
+    assert resolve_url(None, seed_url=None, home=tmp_path) == "http://127.0.0.1:8123"
+    seed = "http://127.0.0.1:8010/"
+    assert resolve_url(None, seed_url=seed, home=tmp_path) == "http://127.0.0.1:8010"
+    assert resolve_url("http://h:1", seed_url=seed, home=tmp_path) == "http://h:1"
 
 
 def test_rate_meter_reads_the_last_seconds() -> None:

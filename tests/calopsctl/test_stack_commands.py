@@ -14,10 +14,13 @@ import yaml
 from typer.testing import CliRunner
 
 from calopsctl import stackops
+from calopsctl.application import Application
 from calopsctl.cli import app
 from calopsctl.runtime import Selection
 from calopsctl.runtime.base import Availability, Runtime, SaveState, StackSpec
 from calopsctl.secrets import password_file
+from calopsctl.services import NAMES, SERVICES, Service
+from calopsctl.settings import CliSettings
 from calopsctl.state import StackState, load_state, save_state
 from support import free_port
 
@@ -30,13 +33,13 @@ class RecordingRuntime(Runtime):
     name = "local"
 
     def __init__(self, services: list[str] | None = None) -> None:
-        self.services = services or ["api", "prometheus", "grafana", "mlflow"]
+        self.services = services or list(NAMES)
         self.started: list[StackSpec] = []
         self.stopped = 0
         self.running: dict[str, bool] = {}
 
     def availability(self, spec: StackSpec) -> Availability:
-        absent = {s: "not installed" for s in stackops.SERVICES if s not in self.services}
+        absent = {s: "not installed" for s in NAMES if s not in self.services}
         return Availability(services=list(self.services), absent=absent)
 
     def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
@@ -67,10 +70,18 @@ class RecordingRuntime(Runtime):
 def fake_runtime(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> RecordingRuntime:
     """A recording runtime that `calops` picks for every command."""
     runtime = RecordingRuntime()
-    monkeypatch.setattr(stackops, "select_runtime", lambda choice: Selection(runtime, "test"))
-    monkeypatch.setattr(stackops, "runtime_named", lambda name: runtime)
+    monkeypatch.setattr(
+        stackops, "select_runtime", lambda choice, settings: Selection(runtime, "test")
+    )
+    monkeypatch.setattr(stackops, "runtime_named", lambda name, settings: runtime)
     monkeypatch.delenv("GRAFANA_ADMIN_PASSWORD", raising=False)
     return runtime
+
+
+@pytest.fixture
+def home(isolated_home: Path) -> Path:
+    """The state folder the commands use (CALOPS_HOME of isolated_home)."""
+    return isolated_home / ".calops"
 
 
 @pytest.fixture
@@ -84,12 +95,7 @@ def model_in_place(isolated_home: Path, trained_model_dir: Path) -> Path:
 @pytest.fixture
 def ports() -> list[str]:
     """Free ports for the four services as CLI options."""
-    return [
-        *("--host-port", str(free_port())),
-        *("--prometheus-port", str(free_port())),
-        *("--grafana-port", str(free_port())),
-        *("--mlflow-port", str(free_port())),
-    ]
+    return [arg for service in SERVICES for arg in (service.port_flag, str(free_port()))]
 
 
 @pytest.fixture
@@ -102,7 +108,7 @@ def listener() -> Iterator[int]:
 
 
 def test_taken_port_fails_before_anything_starts(
-    fake_runtime: RecordingRuntime, ports: list[str], listener: int, isolated_home: Path
+    fake_runtime: RecordingRuntime, ports: list[str], listener: int, isolated_home: Path, home: Path
 ) -> None:
     """A taken API port is named with the flag to change it; nothing starts, nothing trains."""
     result = runner.invoke(app, ["up", *ports, "--host-port", str(listener)])
@@ -112,7 +118,7 @@ def test_taken_port_fails_before_anything_starts(
     )
     assert "(or HOST_PORT=" in result.stderr
     assert fake_runtime.started == []
-    assert load_state() is None
+    assert load_state(home) is None
     assert not (isolated_home / "artifacts").exists()
 
 
@@ -133,6 +139,43 @@ def test_same_port_twice_is_refused(fake_runtime: RecordingRuntime, model_in_pla
     result = runner.invoke(app, ["up", "--host-port", port, "--mlflow-port", port])
     assert result.exit_code == 1
     assert "same port" in result.stderr
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=NAMES)
+def test_port_variables_of_the_services_table_set_the_ports(
+    fake_runtime: RecordingRuntime,
+    ports: list[str],
+    model_in_place: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    service: Service,
+) -> None:
+    """Each service's port variable (e.g. the hand-out's HOST_PORT=8010) sets its port."""
+    port = free_port()
+    monkeypatch.setenv(service.port_env, str(port))
+    flag = ports.index(service.port_flag)
+    without_flag = ports[:flag] + ports[flag + 2 :]
+    result = runner.invoke(app, ["up", *without_flag, "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert fake_runtime.started[0].ports[service.name] == port
+
+
+def test_port_out_of_range_is_a_usage_error(fake_runtime: RecordingRuntime) -> None:
+    """A port beyond 65535 is refused by the option itself, before anything runs."""
+    result = runner.invoke(app, ["up", "--grafana-port", "70000"])
+    assert result.exit_code == 2
+    assert "--grafana-port" in result.output
+    assert fake_runtime.started == []
+
+
+def test_commands_read_the_settings_on_the_context(
+    fake_runtime: RecordingRuntime, tmp_path: Path
+) -> None:
+    """The settings come from ctx.obj (built once per run), not from reading the environment."""
+    application = Application()
+    application.settings = CliSettings(home=tmp_path / "elsewhere")
+    result = runner.invoke(app, ["down"], obj=application)
+    assert result.exit_code == 0
+    assert f"no stack is recorded in {tmp_path / 'elsewhere'}" in result.stderr
 
 
 def test_up_without_model_trains_first(
@@ -157,7 +200,7 @@ def test_up_without_model_trains_first(
 
 
 def test_up_ends_with_services_urls_and_credentials(
-    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path, home: Path
 ) -> None:
     """The closing table lists each service's URL and Grafana's generated login."""
     result = runner.invoke(app, ["up", *ports, "--no-wait", "--json"])
@@ -165,10 +208,10 @@ def test_up_ends_with_services_urls_and_credentials(
     rows = {row["service"]: row for row in json.loads(result.stdout)["services"]}
     port = ports[ports.index("--host-port") + 1]
     assert rows["api"]["url"] == f"http://127.0.0.1:{port}"
-    password = password_file().read_text().strip()
+    password = password_file(home).read_text().strip()
     assert rows["grafana"]["credentials"] == f"admin / {password}"
     assert password != "admin"
-    assert stat.S_IMODE(password_file().stat().st_mode) == 0o600
+    assert stat.S_IMODE(password_file(home).stat().st_mode) == 0o600
     assert fake_runtime.started[0].grafana_password == password
 
 
@@ -214,15 +257,16 @@ def test_second_up_reports_what_runs(
 
 
 def test_stale_record_is_cleared_and_up_starts_again(
-    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path, home: Path
 ) -> None:
     """A record whose processes are all gone is cleaned away and the stack starts anew."""
     save_state(
+        home,
         StackState(
             runtime="local",
             ports={"api": 1, "prometheus": 2, "grafana": 3, "mlflow": 4},
             pids={"api": 999999},
-        )
+        ),
     )
     result = runner.invoke(app, ["up", *ports, "--no-wait"])
     assert result.exit_code == 0, result.output
@@ -231,16 +275,16 @@ def test_stale_record_is_cleared_and_up_starts_again(
 
 
 def test_failed_wait_names_the_service_and_keeps_the_record(
-    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path, home: Path
 ) -> None:
     """When a service never gets healthy, up exits 1 naming it with its log, and down cleans."""
     result = runner.invoke(app, ["up", *ports, "--timeout", "1"])
     assert result.exit_code == 1
     assert "API did not become healthy (/healthz: no answer at" in result.stderr
     assert "api: boom at start-up" in result.stderr
-    assert load_state() is not None
+    assert load_state(home) is not None
     assert runner.invoke(app, ["down"]).exit_code == 0
-    assert load_state() is None
+    assert load_state(home) is None
 
 
 def test_down_when_nothing_is_up_exits_zero(fake_runtime: RecordingRuntime) -> None:
@@ -307,7 +351,7 @@ def test_logs_of_one_service_and_unknown_service(
 
 
 def test_docker_asked_for_without_engine(
-    isolated_home: Path, monkeypatch: pytest.MonkeyPatch, ports: list[str]
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch, ports: list[str], home: Path
 ) -> None:
     """--runtime docker against a socket nobody serves fails in one sentence, starting nothing."""
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
@@ -317,4 +361,4 @@ def test_docker_asked_for_without_engine(
         "Error: Docker was asked for but no engine answers at unix:///nonexistent/docker.sock; "
         "start Docker or use --runtime local."
     )
-    assert load_state() is None
+    assert load_state(home) is None

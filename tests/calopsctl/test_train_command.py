@@ -106,7 +106,9 @@ def test_builtin_run_logs_flattened_config_metrics_and_artifacts(isolated_home: 
     path = write_config(isolated_home, config)
     fake = FakeTracker()
     summary = train_and_track(
-        TrainOptions(config_path=path, tracking="file:./mlruns"), tracker_factory=fake
+        TrainOptions(config_path=path, tracking="file:./mlruns"),
+        home=isolated_home / ".calops",
+        tracker_factory=fake,
     )
     (record,) = fake.records
     assert dict(record.params) == flatten(config.model_dump(mode="json"))
@@ -131,6 +133,7 @@ def test_no_holdout_run_does_not_displace_the_alias(isolated_home: Path) -> None
     fake = FakeTracker(AliasedVersion("1", 0.5, "holdout"))
     summary = train_and_track(
         TrainOptions(config_path=path, holdout=False, tracking="file:./mlruns"),
+        home=isolated_home / ".calops",
         tracker_factory=fake,
     )
     assert fake.records[0].params["holdout.enabled"] is False
@@ -145,13 +148,16 @@ def test_worse_run_keeps_alias_and_promote_forces_it(isolated_home: Path) -> Non
     path = write_config(isolated_home, tiny(isolated_home))
     best = AliasedVersion("1", 1e-9, "holdout")
     kept = train_and_track(
-        TrainOptions(config_path=path, tracking="file:./mlruns"), tracker_factory=FakeTracker(best)
+        TrainOptions(config_path=path, tracking="file:./mlruns"),
+        home=isolated_home / ".calops",
+        tracker_factory=FakeTracker(best),
     )
     assert not kept.alias_moved
     assert "is worse than" in kept.alias_reason
     forced = FakeTracker(best)
     summary = train_and_track(
         TrainOptions(config_path=path, tracking="file:./mlruns", promote=True),
+        home=isolated_home / ".calops",
         tracker_factory=forced,
     )
     assert summary.alias_moved
@@ -165,6 +171,7 @@ def test_missing_data_file_logs_nothing(isolated_home: Path) -> None:
     with pytest.raises(DataError, match=r"does not exist"):
         train_and_track(
             TrainOptions(config_path=path, data="missing.csv", tracking="file:./mlruns"),
+            home=isolated_home / ".calops",
             tracker_factory=fake,
         )
     assert fake.records == []
@@ -178,6 +185,7 @@ def test_unreachable_server_fails_before_training(isolated_home: Path) -> None:
     with pytest.raises(CalopsError, match=r"does not answer"):
         train_and_track(
             TrainOptions(config_path=path, tracking=f"http://127.0.0.1:{free_port()}"),
+            home=isolated_home / ".calops",
             tracker_factory=fake,
         )
     assert fake.target is None
@@ -234,6 +242,7 @@ def test_script_runs_with_its_arguments(isolated_home: Path) -> None:
             script=script(isolated_home, TRAINS_WITH_CALAPI),
             script_args=("--config", str(path)),
         ),
+        home=isolated_home / ".calops",
         tracker_factory=fake,
     )
     assert summary.trainer.endswith("train.py")
@@ -250,9 +259,10 @@ def test_script_without_a_card_gets_one_built(isolated_home: Path) -> None:
         TrainOptions(
             config_path=path, tracking="file:./mlruns", script=script(isolated_home, WRITES_NO_CARD)
         ),
+        home=isolated_home / ".calops",
         tracker_factory=fake,
     )
-    from calapi.model.train import file_sha256
+    from calapi.model.artifact import file_sha256
 
     card = json.loads((isolated_home / "artifacts" / "model_card.json").read_text())
     assert card["sha256"] == file_sha256(isolated_home / "artifacts" / "model.joblib")
@@ -271,6 +281,7 @@ def test_failing_script_reports_exit_code_and_stderr(isolated_home: Path) -> Non
             TrainOptions(
                 config_path=path, tracking="file:./mlruns", script=script(isolated_home, body)
             ),
+            home=isolated_home / ".calops",
             tracker_factory=fake,
         )
     assert fake.records == []
@@ -289,6 +300,7 @@ def test_script_leaving_stale_outputs_is_refused(isolated_home: Path) -> None:
             TrainOptions(
                 config_path=path, tracking="file:./mlruns", script=script(isolated_home, "")
             ),
+            home=isolated_home / ".calops",
             tracker_factory=fake,
         )
     assert fake.records == []
@@ -305,6 +317,7 @@ def test_data_option_is_refused_with_a_script(isolated_home: Path) -> None:
                 tracking="file:./mlruns",
                 script=script(isolated_home, ""),
             ),
+            home=isolated_home / ".calops",
             tracker_factory=FakeTracker(),
         )
 

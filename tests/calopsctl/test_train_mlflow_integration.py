@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from calapi.model.config import TrainConfig, flatten
-from calopsctl.state import DEFAULT_PORTS, StackState
+from calopsctl.services import DEFAULT_PORTS
+from calopsctl.state import StackState
 from calopsctl.training import numeric_metrics
 from conftest import small_config
 from support import free_port, running

@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from calopsctl import console
+from calopsctl.application import settings
 
 if TYPE_CHECKING:
     from calopsctl.training import TrainSummary
 
 
 def train(
+    ctx: typer.Context,
     *,
     script_args: Annotated[
         list[str] | None,
@@ -104,7 +106,7 @@ def train(
         experiment=experiment,
     )
     with _progress() as report:
-        summary = train_and_track(options, report=report)
+        summary = train_and_track(options, home=settings(ctx).home, report=report)
     _show(summary, json_output=json_output)
 
 

@@ -2,34 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from calapi.serving.settings import ApiSettings
+
+
+def _default(variable: str) -> str:
+    """What help shows as the default: ApiSettings (which reads CALOPS_*) owns the values."""
+    return f"{variable} or the API's default"
 
 
 def serve(
     *,
     host: Annotated[
-        str, typer.Option(help="Address to listen on.", envvar="CALOPS_HOST")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", envvar="CALOPS_PORT")] = 8000,
+        str | None,
+        typer.Option(help="Address to listen on.", show_default=_default("CALOPS_HOST")),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to listen on.", show_default=_default("CALOPS_PORT")),
+    ] = None,
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Artifacts folder (or model file), or an MLflow URI like "
             "models:/calories@champion (uses MLFLOW_TRACKING_URI).",
-            envvar="CALOPS_MODEL",
+            show_default=_default("CALOPS_MODEL"),
         ),
-    ] = "artifacts",
+    ] = None,
     reload_interval: Annotated[
-        float,
+        float | None,
         typer.Option(
             help="Seconds between checks for a new model (files changed, or the alias "
             "moved); 0 turns watching off. POST /reload reloads at once.",
-            envvar="CALOPS_RELOAD_INTERVAL_SECONDS",
+            show_default=_default("CALOPS_RELOAD_INTERVAL_SECONDS"),
             min=0.0,
         ),
-    ] = 2.0,
+    ] = None,
 ) -> None:
     """Run the inference API in the foreground (like `fastapi run`); Ctrl+C stops it.
 
@@ -43,8 +55,15 @@ def serve(
       MLFLOW_TRACKING_URI=http://127.0.0.1:5000 calops serve --model models:/calories@champion
     """
     from calapi.serving.server import serve as run_server
-    from calapi.serving.settings import ApiSettings
 
     run_server(
-        ApiSettings(host=host, port=port, model=model, reload_interval_seconds=reload_interval)
+        _api_settings(host=host, port=port, model=model, reload_interval_seconds=reload_interval)
     )
+
+
+def _api_settings(**given: object) -> ApiSettings:
+    """``ApiSettings()`` as the environment sets it, with the options that were given on top."""
+    from calapi.serving.settings import ApiSettings
+    from calopsctl.settings import build
+
+    return build(ApiSettings, **{name: value for name, value in given.items() if value is not None})

@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from calopsctl.application import settings
 from calopsctl.console import err, print_json
+from calopsctl.services import API, GRAFANA, MLFLOW, NAMES, PROMETHEUS, Service
 
 RUNTIME_HELP = "auto (Docker when an engine answers, else local processes), docker or local."
+SERVICE_CHOICES = f"{', '.join(NAMES[:-1])} or {NAMES[-1]}"
 
 
 def _say(message: str) -> None:
     err.print(message, markup=False)
 
 
+def _port_option(service: Service) -> Any:
+    """The `calops up` option for a service's host port, as its row in the services table says."""
+    return typer.Option(
+        service.port_flag,
+        help=f"Host port of {service.description}.",
+        envvar=service.port_env,
+        min=1,
+        max=65535,
+    )
+
+
 def up(
+    ctx: typer.Context,
     *,
-    host_port: Annotated[
-        int, typer.Option(help="Host port of the API.", envvar="HOST_PORT")
-    ] = 8000,
-    prometheus_port: Annotated[
-        int, typer.Option(help="Host port of Prometheus.", envvar="PROMETHEUS_PORT")
-    ] = 9090,
-    grafana_port: Annotated[
-        int, typer.Option(help="Host port of Grafana.", envvar="GRAFANA_PORT")
-    ] = 3000,
-    mlflow_port: Annotated[
-        int, typer.Option(help="Host port of the MLflow server.", envvar="MLFLOW_PORT")
-    ] = 5000,
+    host_port: Annotated[int, _port_option(API)] = API.default_port,
+    prometheus_port: Annotated[int, _port_option(PROMETHEUS)] = PROMETHEUS.default_port,
+    grafana_port: Annotated[int, _port_option(GRAFANA)] = GRAFANA.default_port,
+    mlflow_port: Annotated[int, _port_option(MLFLOW)] = MLFLOW.default_port,
     runtime: Annotated[str, typer.Option(help=RUNTIME_HELP, envvar="CALOPS_RUNTIME")] = "auto",
     build: Annotated[bool, typer.Option(help="Rebuild the API image (docker runtime).")] = True,
     wait: Annotated[bool, typer.Option(help="Wait until every service is healthy.")] = True,
@@ -62,10 +69,10 @@ def up(
     from calopsctl import stackops, stackview
 
     ports = {
-        "api": host_port,
-        "prometheus": prometheus_port,
-        "grafana": grafana_port,
-        "mlflow": mlflow_port,
+        API.name: host_port,
+        PROMETHEUS.name: prometheus_port,
+        GRAFANA.name: grafana_port,
+        MLFLOW.name: mlflow_port,
     }
     options = stackops.UpOptions(
         ports=ports,
@@ -76,8 +83,9 @@ def up(
         config=config,
         model=model,
     )
-    result = stackops.up(options, _say)
-    rows = stackops.summary_rows(result)
+    cli = settings(ctx)
+    result = stackops.up(options, cli, _say)
+    rows = stackops.summary_rows(result, cli)
     if json:
         print_json(
             {
@@ -92,6 +100,7 @@ def up(
 
 
 def down(
+    ctx: typer.Context,
     *,
     volumes: Annotated[
         bool, typer.Option("--volumes", "-v", help="Also delete MLflow, Prometheus, Grafana data.")
@@ -105,10 +114,11 @@ def down(
     """
     from calopsctl import stackops
 
-    stackops.down(volumes=volumes, say=_say)
+    stackops.down(settings(ctx), volumes=volumes, say=_say)
 
 
 def health(
+    ctx: typer.Context,
     *,
     json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
     wait: Annotated[
@@ -125,7 +135,7 @@ def health(
     from calopsctl import health as checks_module
     from calopsctl import stackops, stackview
 
-    _state, checks = stackops.stack_health(wait)
+    _state, checks = stackops.stack_health(settings(ctx), wait)
     if json:
         print_json(
             {"healthy": checks_module.healthy(checks), "checks": [c.as_dict() for c in checks]}
@@ -137,6 +147,7 @@ def health(
 
 
 def info(
+    ctx: typer.Context,
     *,
     json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
@@ -148,7 +159,7 @@ def info(
     """
     from calopsctl import stackops, stackview
 
-    data = stackops.info()
+    data = stackops.info(settings(ctx))
     if json:
         print_json(data)
     else:
@@ -156,9 +167,10 @@ def info(
 
 
 def logs(
+    ctx: typer.Context,
     *,
     service: Annotated[
-        str | None, typer.Argument(help="api, prometheus, grafana or mlflow (default: all).")
+        str | None, typer.Argument(help=f"{SERVICE_CHOICES} (default: all).")
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
@@ -174,4 +186,4 @@ def logs(
     """
     from calopsctl import stackops
 
-    stackops.logs(service, follow=follow, tail=tail)
+    stackops.logs(settings(ctx), service, follow=follow, tail=tail)

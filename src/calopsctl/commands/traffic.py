@@ -2,47 +2,73 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from calopsctl.simulator.settings import DriftKind
+from calopsctl.application import settings
+from calopsctl.services import API, loopback_url
+from calopsctl.simulator.settings import DEFAULT_DURATION_S, DriftKind, SimulationSettings
+
+
+def _above_zero(value: float | None) -> float | None:
+    """A rate, a length or a timeout must be a finite number above 0 (``min=`` allows 0)."""
+    if value is not None and not 0 < value < math.inf:
+        raise typer.BadParameter(f"must be a number above 0, got {value}")
+    return value
+
+
+def _run_length(duration: float | None, count: int | None) -> float | None:
+    """The duration to run for: the one given, none when --count is given, else the default."""
+    if duration is not None and count is not None:
+        raise typer.BadParameter("give one of them, not both", param_hint="--duration / --count")
+    return DEFAULT_DURATION_S if duration is None and count is None else duration
 
 
 def simulate(
+    ctx: typer.Context,
     *,
     url: Annotated[
         str | None,
         typer.Option(
             help="API base URL (default: $URL, else the running stack's API, "
-            "else http://127.0.0.1:8000).",
+            f"else {loopback_url(API.default_port)}).",
             envvar="CALOPS_URL",
             show_default=False,
         ),
     ] = None,
     rps: Annotated[
         float,
-        typer.Option(help="Target /predict requests per second (each carries --batch-size rows)."),
+        typer.Option(
+            help="Target /predict requests per second (each carries --batch-size rows).",
+            callback=_above_zero,
+        ),
     ] = 20.0,
     duration: Annotated[
         float | None,
         typer.Option(
-            help="Seconds to send for (default 60 when --count is not given).",
+            help=f"Seconds to send for (default {DEFAULT_DURATION_S:g} when --count is not given).",
             show_default=False,
+            callback=_above_zero,
         ),
     ] = None,
     count: Annotated[
         int | None,
         typer.Option(
-            help="Send exactly this many requests instead of a duration.", show_default=False
+            help="Send exactly this many requests instead of a duration.",
+            show_default=False,
+            min=1,
         ),
     ] = None,
     feedback_delay: Annotated[
-        float, typer.Option(help="Seconds before the true Calories go back (±10% jitter).")
+        float,
+        typer.Option(help="Seconds before the true Calories go back (±10% jitter).", min=0.0),
     ] = 5.0,
     feedback_fraction: Annotated[
-        float, typer.Option(help="Fraction of predicted rows whose truth is sent back (0..1).")
+        float,
+        typer.Option(help="Fraction of predicted rows whose truth is sent back.", min=0.0, max=1.0),
     ] = 1.0,
     data: Annotated[
         Path | None,
@@ -65,19 +91,24 @@ def simulate(
             help="Seconds into the run when the drift starts (default: a quarter of the run); "
             "it ramps to full strength over half of what remains.",
             show_default=False,
+            min=0.0,
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for rows, feedback choice and jitter.")] = 0,
     batch_size: Annotated[
-        int, typer.Option(help='Rows per request, sent as {"instances": [...]} when above 1.')
+        int,
+        typer.Option(help='Rows per request, sent as {"instances": [...]} when above 1.', min=1),
     ] = 1,
     max_in_flight: Annotated[
         int,
         typer.Option(
-            help="Most predictions outstanding at once; beyond it requests wait (counted late)."
+            help="Most predictions outstanding at once; beyond it requests wait (counted late).",
+            min=1,
         ),
     ] = 128,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for each answer.", callback=_above_zero)
+    ] = 10.0,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print only the summary, as JSON (for scripts).")
     ] = False,
@@ -96,11 +127,13 @@ def simulate(
       calops simulate --data exercise.csv --feedback-delay 2 --batch-size 16
     """
     from calopsctl.simulator.main import run_simulation
+    from calopsctl.simulator.target import resolve_url
 
-    code = run_simulation(
-        url=url,
+    cli = settings(ctx)
+    run = SimulationSettings(
+        url=resolve_url(url, seed_url=cli.seed_url, home=cli.home),
         rps=rps,
-        duration=duration,
+        duration=_run_length(duration, count),
         count=count,
         feedback_delay=feedback_delay,
         feedback_fraction=feedback_fraction,
@@ -111,7 +144,7 @@ def simulate(
         batch_size=batch_size,
         max_in_flight=max_in_flight,
         timeout=timeout,
-        json_output=json_output,
     )
+    code = run_simulation(run, json_output=json_output)
     if code:
         raise typer.Exit(code)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from calapi.errors import CalopsError
-from calopsctl.paths import home
 from calopsctl.runtime.base import Runtime
-from calopsctl.runtime.docker import DockerRuntime, engine_address, engine_answers
+from calopsctl.runtime.docker import DockerRuntime, engine_answers
 from calopsctl.runtime.local import LocalRuntime
+
+if TYPE_CHECKING:
+    from calopsctl.settings import CliSettings
 
 CHOICES = ("auto", "docker", "local")
 
@@ -22,29 +25,32 @@ class Selection:
     reason: str
 
 
-def runtime_named(name: str) -> Runtime:
+def runtime_named(name: str, settings: CliSettings) -> Runtime:
     """The runtime recorded in a stack state ("docker" or "local")."""
     if name == "docker":
-        return DockerRuntime(home())
-    return LocalRuntime(home())
+        return DockerRuntime(settings.home, overrides=settings.compose_files)
+    return LocalRuntime(settings.home)
 
 
-def select_runtime(choice: str, *, answers: Callable[[], bool] = engine_answers) -> Selection:
+def select_runtime(
+    choice: str, settings: CliSettings, *, answers: Callable[[], bool] = engine_answers
+) -> Selection:
     """``auto``: Docker when an engine answers, else local processes; explicit choices checked."""
     if choice not in CHOICES:
         raise CalopsError(f"Unknown runtime {choice!r}; use one of {', '.join(CHOICES)}.")
     if choice == "local":
-        return Selection(LocalRuntime(home()), "asked for with --runtime local")
+        return Selection(runtime_named("local", settings), "asked for with --runtime local")
+    engine = settings.docker_host
     if answers():
         reason = (
             "asked for with --runtime docker"
             if choice == "docker"
-            else (f"a Docker engine answers at {engine_address()}")
+            else f"a Docker engine answers at {engine}"
         )
-        return Selection(DockerRuntime(home()), reason)
+        return Selection(runtime_named("docker", settings), reason)
     if choice == "docker":
         raise CalopsError(
-            f"Docker was asked for but no engine answers at {engine_address()}; "
+            f"Docker was asked for but no engine answers at {engine}; "
             "start Docker or use --runtime local."
         )
-    return Selection(LocalRuntime(home()), f"no Docker engine answers at {engine_address()}")
+    return Selection(runtime_named("local", settings), f"no Docker engine answers at {engine}")

@@ -7,16 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from calopsctl.services import loopback_url
 from calopsctl.state import StackState
-
-# Per service: the `calops up` option and the environment variable that set its host port.
-PORT_FLAGS = {
-    "api": ("--host-port", "HOST_PORT"),
-    "prometheus": ("--prometheus-port", "PROMETHEUS_PORT"),
-    "grafana": ("--grafana-port", "GRAFANA_PORT"),
-    "mlflow": ("--mlflow-port", "MLFLOW_PORT"),
-}
-LABELS = {"api": "API", "prometheus": "Prometheus", "grafana": "Grafana", "mlflow": "MLflow"}
 
 
 @dataclass(frozen=True)
@@ -32,7 +24,7 @@ class StackSpec:
     timeout: float = 180.0
 
     def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.ports[service]}"
+        return loopback_url(self.ports[service])
 
 
 @dataclass

@@ -11,21 +11,18 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from calapi.errors import CalopsError
 from calopsctl.paths import source_root, stack_dir
 from calopsctl.runtime.base import Availability, Runtime, SaveState, StackSpec
-from calopsctl.state import SERVICES, StackState
+from calopsctl.services import NAMES, SERVICES
+from calopsctl.state import StackState
 
 PROJECT = "calops"
 ClientFactory = Callable[..., Any]
-
-
-def engine_address() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 def engine_answers(binary: str = "docker", timeout: float = 8.0) -> bool:
@@ -45,22 +42,16 @@ def engine_answers(binary: str = "docker", timeout: float = 8.0) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def compose_files() -> list[Path]:
-    """stack/compose.yaml, then the overrides listed in ``CALOPS_COMPOSE_FILES``."""
-    extra = os.environ.get("CALOPS_COMPOSE_FILES", "")
-    return [stack_dir() / "compose.yaml", *(Path(p) for p in extra.split(os.pathsep) if p)]
+def compose_files(overrides: Sequence[Path] = ()) -> list[Path]:
+    """stack/compose.yaml, then the overrides (``CALOPS_COMPOSE_FILES``)."""
+    return [stack_dir() / "compose.yaml", *overrides]
 
 
 def compose_env(spec: StackSpec) -> dict[str, str]:
     """The variables compose.yaml reads, from the spec of this `up`."""
-    env = {
-        "HOST_PORT": str(spec.ports["api"]),
-        "PROMETHEUS_PORT": str(spec.ports["prometheus"]),
-        "GRAFANA_PORT": str(spec.ports["grafana"]),
-        "MLFLOW_PORT": str(spec.ports["mlflow"]),
-        "GRAFANA_ADMIN_PASSWORD": spec.grafana_password,
-        "CALOPS_ARTIFACTS": str(spec.artifacts),
-    }
+    env = {service.port_env: str(spec.ports[service.name]) for service in SERVICES}
+    env["GRAFANA_ADMIN_PASSWORD"] = spec.grafana_password
+    env["CALOPS_ARTIFACTS"] = str(spec.artifacts)
     # A host folder means nothing inside the container: compose.yaml mounts the artifacts
     # folder and points the API at it; only a registry reference is passed through.
     if spec.model.startswith("models:/"):
@@ -75,12 +66,19 @@ def _default_client(**kwargs: Any) -> Any:
 
 
 class DockerRuntime(Runtime):
-    """Runs the stack as the Compose project ``calops``."""
+    """Runs the stack as the Compose project ``calops``; ``overrides`` go over compose.yaml."""
 
     name = "docker"
 
-    def __init__(self, home: Path, *, client_factory: ClientFactory = _default_client):
+    def __init__(
+        self,
+        home: Path,
+        *,
+        overrides: Sequence[Path] = (),
+        client_factory: ClientFactory = _default_client,
+    ):
         self.home = home
+        self.overrides = tuple(overrides)
         self.client_factory = client_factory
 
     @property
@@ -91,7 +89,7 @@ class DockerRuntime(Runtime):
     def client(self) -> Any:
         env_files = [self.env_file] if self.env_file.is_file() else []
         return self.client_factory(
-            compose_files=compose_files(),
+            compose_files=compose_files(self.overrides),
             compose_project_name=PROJECT,
             compose_env_files=env_files,
         )
@@ -105,8 +103,8 @@ class DockerRuntime(Runtime):
         self._write_env(spec)
         config = self._compose("read the compose files", lambda c: c.config(return_json=True))
         defined = set(config.get("services", {}))
-        services = [s for s in SERVICES if s in defined]
-        absent = {s: "left out by the compose files" for s in SERVICES if s not in defined}
+        services = [s for s in NAMES if s in defined]
+        absent = {s: "left out by the compose files" for s in NAMES if s not in defined}
         return Availability(services=services, absent=absent)
 
     def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:

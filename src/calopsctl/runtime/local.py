@@ -19,13 +19,10 @@ from calopsctl.paths import stack_dir
 from calopsctl.runtime import localconfig, processes
 from calopsctl.runtime.base import Availability, Runtime, SaveState, StackSpec
 from calopsctl.secrets import GRAFANA_ADMIN_USER
-from calopsctl.state import SERVICES, StackState
+from calopsctl.services import LOOPBACK, NAMES, SERVICES, by_name
+from calopsctl.state import StackState
 
 Which = Callable[[str], str | None]
-INSTALL_HINTS = {
-    "prometheus": "prometheus is not installed (e.g. apt install prometheus)",
-    "grafana": "grafana-server is not installed (see grafana.com/grafana/download)",
-}
 GRAFANA_HOMES = (Path("/usr/share/grafana"), Path("/opt/grafana"))
 
 
@@ -49,8 +46,8 @@ class LocalRuntime(Runtime):
         self.stack = stack or stack_dir()
 
     def availability(self, spec: StackSpec) -> Availability:
-        services = [s for s in SERVICES if s in ("api", "mlflow") or self._binary(s)]
-        absent = {s: INSTALL_HINTS[s] for s in SERVICES if s not in services}
+        services = [s.name for s in SERVICES if self._binary(s.name)]
+        absent = {s.name: s.install_hint for s in SERVICES if s.name not in services}
         return Availability(services=services, absent=absent)
 
     def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
@@ -108,18 +105,18 @@ class LocalRuntime(Runtime):
             "prometheus": self._prometheus,
             "grafana": self._grafana,
         }
-        return [builders[name](spec, services) for name in SERVICES if name in services]
+        return [builders[name](spec, services) for name in NAMES if name in services]
 
-    def _binary(self, service: str) -> str | None:
-        if service == "prometheus":
-            return self.which("prometheus")
-        if service == "grafana":
-            return self.which("grafana-server") or self.which("grafana")
-        return sys.executable
+    def _binary(self, name: str) -> str | None:
+        """The first of the service's binaries on PATH; this Python for the Python services."""
+        binaries = by_name(name).binaries
+        if not binaries:
+            return sys.executable
+        return next((found for binary in binaries if (found := self.which(binary))), None)
 
     def _api(self, spec: StackSpec, services: list[str]) -> ServicePlan:
         argv = [sys.executable, "-m", "uvicorn", "--factory", "calapi.serving.app:create_app"]
-        argv += ["--host", "127.0.0.1", "--port", str(spec.ports["api"])]
+        argv += ["--host", LOOPBACK, "--port", str(spec.ports["api"])]
         env = {**os.environ, "CALOPS_MODEL": spec.model}
         env["MLFLOW_TRACKING_URI"] = spec.url("mlflow")
         return ServicePlan("api", argv, env)
@@ -127,7 +124,7 @@ class LocalRuntime(Runtime):
     def _mlflow(self, spec: StackSpec, services: list[str]) -> ServicePlan:
         root = self.home / "mlflow"
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+        argv = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK]
         argv += ["--port", str(spec.ports["mlflow"]), "--workers", "1"]
         argv += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
         # Artifacts go through the server (HTTP), so clients never write into its folders.
@@ -146,7 +143,7 @@ class LocalRuntime(Runtime):
         )
         argv = [str(self._binary("prometheus")), f"--config.file={config}"]
         argv += [f"--storage.tsdb.path={root / 'data'}"]
-        argv += [f"--web.listen-address=127.0.0.1:{spec.ports['prometheus']}"]
+        argv += [f"--web.listen-address={LOOPBACK}:{spec.ports['prometheus']}"]
         return ServicePlan("prometheus", argv, dict(os.environ))
 
     def _grafana(self, spec: StackSpec, services: list[str]) -> ServicePlan:
@@ -163,7 +160,7 @@ class LocalRuntime(Runtime):
 
 def _grafana_env(spec: StackSpec, root: Path, provisioning: Path) -> dict[str, str]:
     return {
-        "GF_SERVER_HTTP_ADDR": "127.0.0.1",
+        "GF_SERVER_HTTP_ADDR": LOOPBACK,
         "GF_SERVER_HTTP_PORT": str(spec.ports["grafana"]),
         "GF_PATHS_DATA": str(root / "data"),
         "GF_PATHS_LOGS": str(root / "logs"),

@@ -13,19 +13,21 @@ from typing import Any
 
 import yaml
 
-SERVICE_HOSTS = {"api", "prometheus", "grafana", "mlflow", "localhost", "127.0.0.1"}
+from calopsctl.services import LOOPBACK, NAMES
+
+SELF_HOSTS = ("localhost", LOOPBACK)
 
 
 def _loopback_target(target: str, ports: dict[str, int], services: list[str]) -> str | None:
     """``api:8000`` -> ``127.0.0.1:<api port>``; None for a service that is not running."""
     host, _, _ = target.rpartition(":")
-    if host in ("localhost", "127.0.0.1"):
+    if host in SELF_HOSTS:
         host = "prometheus"  # Prometheus scraping itself inside its container
-    if host not in SERVICE_HOSTS:
+    if host not in NAMES:
         return target
     if host not in services:
         return None
-    return f"127.0.0.1:{ports[host]}"
+    return f"{LOOPBACK}:{ports[host]}"
 
 
 def _rewrite_job(job: dict[str, Any], ports: dict[str, int], services: list[str]) -> bool:
@@ -48,7 +50,7 @@ def prometheus_config(shipped: Path, ports: dict[str, int], services: list[str])
         jobs.append({"job_name": "api", "static_configs": [{"targets": []}]})
     for job in jobs:
         if job.get("job_name") == "api":
-            job["static_configs"] = [{"targets": [f"127.0.0.1:{ports['api']}"]}]
+            job["static_configs"] = [{"targets": [f"{LOOPBACK}:{ports['api']}"]}]
     config["scrape_configs"] = jobs
     config["rule_files"] = [
         str(shipped.resolve().parent / Path(rule).name) for rule in config.get("rule_files", [])

@@ -12,6 +12,10 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final
+
+# /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ... (0-based)
+SESSION: Final = 3
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> int:
@@ -95,6 +99,6 @@ def _group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         after = fields.rpartition(")")[2].split()
-        if len(after) > 3 and int(after[3]) == pgid and after[0] != "Z":
+        if len(after) > SESSION and int(after[SESSION]) == pgid and after[0] != "Z":
             members.append(int(entry.name))
     return members

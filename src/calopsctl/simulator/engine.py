@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from http import HTTPStatus
 from typing import Any, Final
 
 import numpy as np
@@ -22,7 +23,7 @@ from calopsctl.simulator.answers import predictions
 from calopsctl.simulator.feedback import FeedbackQueue, PendingFeedback
 from calopsctl.simulator.plan import PlannedRequest
 from calopsctl.simulator.settings import FEEDBACK_JITTER, SimulationSettings
-from calopsctl.simulator.stats import Stats, squared_log_errors
+from calopsctl.simulator.stats import Stats, squared_log_errors, succeeded
 from calopsctl.simulator.transport import ConnectionFailedError, TimedOutError, Transport
 
 SLICE: Final = 0.05  # longest sleep before looking at the stop flag again
@@ -122,7 +123,7 @@ class Engine:
             self._slots.release()
         answered = self.clock()
         self.stats.on_reply(reply.status, answered - started)
-        if 200 <= reply.status < 300:
+        if succeeded(reply.status):
             self._on_predictions(request, reply.body, answered)
 
     def _on_predictions(self, request: PlannedRequest, body: bytes, answered: float) -> None:
@@ -174,13 +175,13 @@ class Engine:
 
     def _count_feedback(self, item: PendingFeedback, status: int) -> None:
         counts = self.stats.feedback
-        if 200 <= status < 300:
+        if succeeded(status):
             counts.ok += 1
             errors = squared_log_errors(np.array([item.predicted]), np.array([item.truth]))
             self.stats.feedback_accuracy.add(errors, self.clock())
-        elif status == 404:
+        elif status == HTTPStatus.NOT_FOUND:
             counts.not_found += 1
-        elif status == 409:
+        elif status == HTTPStatus.CONFLICT:
             counts.conflict += 1
         else:
             counts.errors += 1

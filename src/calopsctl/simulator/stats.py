@@ -6,6 +6,7 @@ import math
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, Final
 
 import numpy as np
@@ -13,6 +14,12 @@ import numpy as np
 # Recent replies kept for the live p95; recent seconds kept for the live RMSLE.
 RECENT_LATENCIES: Final = 2000
 RECENT_SECONDS: Final = 30
+RATE_NEEDS_SENDS: Final = 2  # a rate is measured between the first and the last send
+
+
+def succeeded(status: int) -> bool:
+    """True for a 2xx answer."""
+    return HTTPStatus.OK <= status < HTTPStatus.MULTIPLE_CHOICES
 
 
 def rmsle(squared_log_error_sum: float, n: int) -> float | None:
@@ -107,11 +114,11 @@ class Stats:
     def on_reply(self, status: int, latency: float) -> None:
         self.latencies.append(latency)
         self.recent_latencies.append(latency)
-        if 200 <= status < 300:
+        if succeeded(status):
             self.ok += 1
-        elif 400 <= status < 500:
+        elif HTTPStatus.BAD_REQUEST <= status < HTTPStatus.INTERNAL_SERVER_ERROR:
             self.status_4xx += 1
-        elif status >= 500:
+        elif status >= HTTPStatus.INTERNAL_SERVER_ERROR:
             self.status_5xx += 1
         else:
             self.status_other += 1
@@ -129,7 +136,7 @@ class Stats:
     @property
     def achieved_rps(self) -> float | None:
         """Requests per second between the first and the last send."""
-        if self.first_send is None or self.last_send is None or self.sent < 2:
+        if self.first_send is None or self.last_send is None or self.sent < RATE_NEEDS_SENDS:
             return None
         span = self.last_send - self.first_send
         return (self.sent - 1) / span if span > 0 else None

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import os
+from http import HTTPStatus
+from pathlib import Path
 from typing import Final
 
 from calapi.errors import CalopsError
+from calopsctl.services import API, loopback_url
 from calopsctl.simulator.transport import Transport, TransportError
 
-DEFAULT_URL: Final = "http://127.0.0.1:8000"
-# The seed's `URL=... make simulate-stream` passed the target this way.
-SEED_URL_ENV: Final = "URL"
+DEFAULT_URL: Final = loopback_url(API.default_port)
 
 
-def resolve_url(explicit: str | None) -> str:
-    """``--url``/``CALOPS_URL``, else ``URL``, else the running stack's API, else the default."""
-    if explicit:
-        return explicit.rstrip("/")
-    if os.environ.get(SEED_URL_ENV):
-        return os.environ[SEED_URL_ENV].rstrip("/")
+def resolve_url(explicit: str | None, *, seed_url: str | None, home: Path) -> str:
+    """``--url``/``CALOPS_URL``, else ``URL``, else the stack recorded in ``home``, else 8000."""
+    for given in (explicit, seed_url):
+        if given:
+            return given.rstrip("/")
     from calopsctl.state import load_state
 
-    state = load_state()
-    if state is not None and "api" in state.ports:
-        return state.url("api")
+    state = load_state(home)
+    if state is not None and API.name in state.ports:
+        return state.url(API.name)
     return DEFAULT_URL
 
 
@@ -36,12 +35,12 @@ async def check_api(client: Transport, url: str) -> None:
             f"Cannot reach the API at {url}; start it with `calops up` (or `calops serve`) "
             "or pass --url."
         ) from None
-    if reply.status == 503:
+    if reply.status == HTTPStatus.SERVICE_UNAVAILABLE:
         raise CalopsError(
             f"The API at {url} has no model loaded; train one with `calops train` "
             "(or point CALOPS_MODEL at one for the API) and try again."
         )
-    if reply.status != 200:
+    if reply.status != HTTPStatus.OK:
         raise CalopsError(
             f"The API at {url} answered /healthz with HTTP {reply.status}; "
             "check it with `calops health`."

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from calopsctl.simulator.stats import Stats
+from calopsctl.simulator.stats import RATE_NEEDS_SENDS, Stats
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,7 +42,7 @@ class RateMeter:
 
     def __call__(self, now: float, sent: int) -> float | None:
         self._points.append((now, sent))
-        while len(self._points) > 2 and self._points[1][0] <= now - RATE_WINDOW_S:
+        while len(self._points) > RATE_NEEDS_SENDS and self._points[1][0] <= now - RATE_WINDOW_S:
             self._points.popleft()
         then, before = self._points[0]
         return (sent - before) / (now - then) if now > then else None

@@ -1,0 +1,122 @@
+"""The CLI's settings (calopsctl.settings), the application object and the services table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calapi.errors import CalopsError
+from calopsctl.application import Application
+from calopsctl.services import DEFAULT_PORTS, NAMES, SERVICES, by_name, loopback_url
+from calopsctl.settings import CliSettings, build
+
+VARIABLES = (
+    "CALOPS_HOME",
+    "CALOPS_COMPOSE_FILES",
+    "DOCKER_HOST",
+    "GRAFANA_ADMIN_PASSWORD",
+    "URL",
+)
+
+
+@pytest.fixture
+def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working folder and none of the variables the CLI reads."""
+    monkeypatch.chdir(tmp_path)
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_defaults_without_any_variable(clean_environment: Path) -> None:
+    """With nothing set: ./.calops (absolute), no overrides, the default socket, no password."""
+    settings = CliSettings()
+    assert settings.home == clean_environment / ".calops"
+    assert settings.home.is_absolute()
+    assert settings.compose_files == []
+    assert settings.docker_host == "unix:///var/run/docker.sock"
+    assert settings.grafana_admin_password is None
+    assert settings.seed_url is None
+
+
+def test_each_variable_is_read(clean_environment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CALOPS_HOME, CALOPS_COMPOSE_FILES (PATH-style), DOCKER_HOST, the password and URL."""
+    monkeypatch.setenv("CALOPS_HOME", "state")
+    monkeypatch.setenv("CALOPS_COMPOSE_FILES", os.pathsep.join(["a.yaml", "", "b/c.yaml"]))
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.2:2375")
+    monkeypatch.setenv("GRAFANA_ADMIN_PASSWORD", " s3cret ")
+    monkeypatch.setenv("URL", "http://127.0.0.1:8010/")
+    settings = CliSettings()
+    assert settings.home == clean_environment / "state"
+    assert settings.compose_files == [Path("a.yaml"), Path("b/c.yaml")]
+    assert settings.docker_host == "tcp://10.0.0.2:2375"
+    assert settings.grafana_admin_password is not None
+    assert settings.grafana_admin_password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.seed_url == "http://127.0.0.1:8010/"
+
+
+def test_blank_password_and_url_count_as_unset(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty GRAFANA_ADMIN_PASSWORD or URL is treated as not set, as before."""
+    monkeypatch.setenv("GRAFANA_ADMIN_PASSWORD", "  ")
+    monkeypatch.setenv("URL", "")
+    settings = CliSettings()
+    assert settings.grafana_admin_password is None
+    assert settings.seed_url is None
+
+
+def test_invalid_setting_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A value the settings refuse becomes a CalopsError naming the setting."""
+    from calapi.serving.settings import ApiSettings
+
+    monkeypatch.setenv("CALOPS_PORT", "eighty")
+    with pytest.raises(CalopsError, match=r"^Invalid setting port: .*integer"):
+        build(ApiSettings)
+
+
+def test_application_reads_the_settings_once(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings are read on first use and kept for the rest of the invocation."""
+    application = Application()
+    monkeypatch.setenv("CALOPS_HOME", "first")
+    first = application.settings
+    monkeypatch.setenv("CALOPS_HOME", "second")
+    assert application.settings is first
+    assert first.home == clean_environment / "first"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["up", "--help"], ["serve", "--help"]])
+def test_help_imports_neither_settings_nor_schemas(args: list[str]) -> None:
+    """`calops --help` stays fast: pydantic-settings and the API's modules are not imported."""
+    script = (
+        "import sys; from typer.testing import CliRunner; from calopsctl.cli import app; "
+        f"result = CliRunner().invoke(app, {args!r}); assert result.exit_code == 0; "
+        "heavy = ('pydantic_settings', 'calapi.serving.settings', 'calapi.serving.schemas'); "
+        "print([name for name in heavy if name in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+
+
+def test_services_table_has_one_distinct_row_per_service() -> None:
+    """Names, ports, flags and variables are distinct, so no two services can collide."""
+    assert NAMES == ("api", "prometheus", "grafana", "mlflow")
+    for column in ("default_port", "port_flag", "port_env", "label"):
+        values = [getattr(service, column) for service in SERVICES]
+        assert len(set(values)) == len(values), column
+    assert DEFAULT_PORTS == {"api": 8000, "prometheus": 9090, "grafana": 3000, "mlflow": 5000}
+    assert by_name("api").port_env == "HOST_PORT"
+
+
+def test_loopback_url() -> None:
+    """Every service is reached on 127.0.0.1 at its port."""
+    assert loopback_url(8010) == "http://127.0.0.1:8010"

@@ -1,0 +1,97 @@
+"""`calops simulate` as a command: its options become one SimulationSettings, bounds enforced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from calopsctl.cli import app
+from calopsctl.simulator import main as simulator_main
+from calopsctl.simulator.settings import DEFAULT_DURATION_S, DriftKind, SimulationSettings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def runs(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> list[SimulationSettings]:
+    """The settings each `calops simulate` hands to run_simulation (which then does nothing)."""
+    seen: list[SimulationSettings] = []
+
+    def run_simulation(settings: SimulationSettings, *, json_output: bool) -> int:
+        seen.append(settings)
+        return 0
+
+    monkeypatch.setattr(simulator_main, "run_simulation", run_simulation)
+    monkeypatch.delenv("URL", raising=False)
+    monkeypatch.delenv("CALOPS_URL", raising=False)
+    return seen
+
+
+def test_options_become_one_settings_object(runs: list[SimulationSettings]) -> None:
+    """Every option lands in the SimulationSettings the run gets."""
+    argv = ["simulate", "--url", "http://h:1/", "--count", "5", "--rps", "7.5"]
+    argv += ["--batch-size", "4", "--drift", "concept", "--feedback-fraction", "0.5"]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    (settings,) = runs
+    assert (settings.url, settings.count, settings.duration) == ("http://h:1", 5, None)
+    assert (settings.rps, settings.batch_size, settings.feedback_fraction) == (7.5, 4, 0.5)
+    assert settings.drift is DriftKind.CONCEPT
+
+
+def test_no_length_given_runs_for_the_default_duration(runs: list[SimulationSettings]) -> None:
+    """Without --duration or --count the run lasts the default duration."""
+    assert runner.invoke(app, ["simulate"]).exit_code == 0
+    assert runs[0].duration == DEFAULT_DURATION_S
+    assert runs[0].count is None
+
+
+def test_seed_url_variable_picks_the_target(
+    runs: list[SimulationSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hand-out's `URL=...` sets the target when --url and CALOPS_URL are not given."""
+    monkeypatch.setenv("URL", "http://127.0.0.1:8010/")
+    assert runner.invoke(app, ["simulate", "--count", "1"]).exit_code == 0
+    assert runs[0].url == "http://127.0.0.1:8010"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--rps", "0"),
+        ("--rps", "inf"),
+        ("--rps", "nan"),
+        ("--duration", "0"),
+        ("--count", "0"),
+        ("--feedback-delay", "-1"),
+        ("--feedback-fraction", "1.5"),
+        ("--drift-start", "-1"),
+        ("--batch-size", "0"),
+        ("--max-in-flight", "0"),
+        ("--timeout", "0"),
+    ],
+)
+def test_out_of_range_option_is_a_usage_error_naming_it(
+    runs: list[SimulationSettings], option: str, value: str
+) -> None:
+    """A value outside an option's range exits 2 naming the option, and nothing is sent."""
+    result = runner.invoke(app, ["simulate", option, value])
+    assert result.exit_code == 2
+    assert option in result.output
+    assert runs == []
+
+
+def test_duration_and_count_together_are_refused(runs: list[SimulationSettings]) -> None:
+    """--duration and --count exclude each other: one usage error naming both."""
+    result = runner.invoke(app, ["simulate", "--duration", "5", "--count", "5"])
+    assert result.exit_code == 2
+    assert "--duration / --count" in result.output
+    assert runs == []
+
+
+def test_interrupted_run_exits_130(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit code run_simulation returns (130 after Ctrl-C) is the command's."""
+    monkeypatch.setattr(simulator_main, "run_simulation", lambda settings, json_output: 130)
+    assert runner.invoke(app, ["simulate", "--count", "1"]).exit_code == 130
