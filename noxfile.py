@@ -31,8 +31,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the packages."""
-    session.install("-e", ".", "mypy>=1.11", "types-PyYAML")
+    """mypy --strict on the packages, the tests, the benchmark and this file."""
+    session.install("-e", ".[test]", "nox>=2024.4", "mypy>=1.11", "types-PyYAML")
     session.run("mypy")
 
 
@@ -55,5 +55,5 @@ def e2e(session: nox.Session) -> None:
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Throughput and latency ratios against a bare FastAPI endpoint and `mlflow models serve`."""
-    session.install("-e", ".")
+    session.install("-e", ".[cli]")
     session.run("python", "bench/run.py", *session.posargs)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -231,7 +232,7 @@ class Bench:
                 headers={"content-type": "application/json"},
                 timeout=30.0,
             )
-            if response.status_code != 200:
+            if response.status_code != HTTPStatus.OK:
                 raise servers.ServerError(
                     f"{spec.name} answered {response.status_code} to the single-row body: "
                     f"{response.text[:500]}"
@@ -283,7 +284,7 @@ class Bench:
                 continue
             self.results["batch"][name] = result.as_dict()
             predictions[name] = result.predictions
-        if len(predictions) == 2:
+        if set(predictions) == {"calapi", "mlflow"}:
             self.results["agreement_max_abs_kcal"] = payloads.max_abs_difference(
                 predictions["calapi"], predictions["mlflow"]
             )

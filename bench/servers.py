@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 
 import httpx
@@ -130,7 +131,7 @@ def _wait_ready(
         if process.poll() is not None:
             raise ServerError(f"{spec.name} exited with {process.returncode}:\n{_tail(log)}")
         try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
+            if httpx.get(url, timeout=2.0).status_code == HTTPStatus.OK:
                 return
         except httpx.HTTPError:
             pass
@@ -194,6 +195,7 @@ def parse_vmrss(status: str) -> int:
     for line in status.splitlines():
         if line.startswith("VmRSS:"):
             value, unit = line.split()[1:3]
-            assert unit == "kB", unit
+            if unit != "kB":  # the kernel has always written kB; anything else is not RSS
+                raise ValueError(f"VmRSS in {unit!r}, expected kB")
             return int(value) * 1024
     return 0

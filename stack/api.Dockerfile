@@ -8,10 +8,11 @@
 # a local Debian base and a local wheel index instead of Docker Hub and PyPI.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
-# The dependency list alone, so that only a change to it reinstalls the dependencies.
+# The dependency list alone, so that only a change to it reinstalls the dependencies: the model
+# (the base install) and the `serve` extra, not the command line's MLflow server or Docker client.
 FROM ${PYTHON_IMAGE} AS requirements
 COPY pyproject.toml /src/
-RUN python3 -c "import tomllib; deps = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep='\n')" > /requirements.txt
+RUN python3 -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies']['serve'], sep='\n')" > /requirements.txt
 
 FROM ${PYTHON_IMAGE} AS build
 ARG PIP_INSTALL_ARGS=""

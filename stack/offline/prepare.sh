@@ -79,7 +79,8 @@ ensure_wheelhouse() {
     requirements=$(mktemp)
     "$python" - "$root/pyproject.toml" "$mlflow_version" >"$requirements" <<'PY'
 import sys, tomllib
-deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+deps = [*project["dependencies"], *project["optional-dependencies"]["serve"]]
 print(*deps, "hatchling", f"mlflow=={sys.argv[2]}", sep="\n")
 PY
     key=$(key_of "$requirements")
