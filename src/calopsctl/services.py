@@ -9,6 +9,7 @@ Kept free of heavy imports: the CLI reads it to build ``calops up --help``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Final
 
 LOOPBACK: Final = "127.0.0.1"
@@ -56,6 +57,14 @@ NAMES: Final = tuple(service.name for service in SERVICES)
 DEFAULT_PORTS: Final = {service.name: service.default_port for service in SERVICES}
 API, PROMETHEUS, GRAFANA, MLFLOW = SERVICES
 _BY_NAME: Final = {service.name: service for service in SERVICES}
+
+
+class RuntimeChoice(StrEnum):
+    """How `calops up` runs the services: auto picks Docker when an engine answers."""
+
+    AUTO = "auto"
+    DOCKER = "docker"
+    LOCAL = "local"
 
 
 def by_name(name: str) -> Service:

@@ -22,7 +22,7 @@ from calopsctl.health import ABSENT, DOWN, Check
 from calopsctl.runtime import runtime_named, select_runtime
 from calopsctl.runtime.base import Runtime, StackSpec
 from calopsctl.secrets import GRAFANA_ADMIN_USER, grafana_admin_password, stored_password
-from calopsctl.services import NAMES, by_name
+from calopsctl.services import NAMES, RuntimeChoice, by_name
 from calopsctl.state import StackState, clear_state, load_state, save_state, state_path
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class UpOptions:
     """What `calops up` was asked for."""
 
     ports: dict[str, int]
-    runtime: str = "auto"
+    runtime: RuntimeChoice = RuntimeChoice.AUTO
     build: bool = True
     wait: bool = True
     timeout: float = 180.0

@@ -17,7 +17,7 @@ from calopsctl.runtime import select_runtime
 from calopsctl.runtime.base import StackSpec
 from calopsctl.runtime.docker import DockerRuntime, compose_env, engine_answers
 from calopsctl.runtime.local import LocalRuntime
-from calopsctl.services import SERVICES
+from calopsctl.services import SERVICES, RuntimeChoice
 from calopsctl.settings import CliSettings
 from calopsctl.state import StackState
 
@@ -233,7 +233,7 @@ def test_docker_asked_without_engine_is_one_sentence(tmp_path: Path) -> None:
     """--runtime docker with no engine names where it looked and what to do."""
     settings = CliSettings(home=tmp_path, docker_host="unix:///nonexistent/docker.sock")
     with pytest.raises(CalopsError) as caught:
-        select_runtime("docker", settings, answers=lambda: False)
+        select_runtime(RuntimeChoice.DOCKER, settings, answers=lambda: False)
     assert str(caught.value) == (
         "Docker was asked for but no engine answers at unix:///nonexistent/docker.sock; "
         "start Docker or use --runtime local."
@@ -243,20 +243,25 @@ def test_docker_asked_without_engine_is_one_sentence(tmp_path: Path) -> None:
 def test_auto_picks_local_without_engine_and_docker_with_one(tmp_path: Path) -> None:
     """auto: local processes when no engine answers (saying why), Docker when one does."""
     settings = CliSettings(home=tmp_path, compose_files=[tmp_path / "extra.yaml"])
-    chosen = select_runtime("auto", settings, answers=lambda: False)
+    chosen = select_runtime(RuntimeChoice.AUTO, settings, answers=lambda: False)
     assert isinstance(chosen.runtime, LocalRuntime)
     assert "no Docker engine answers" in chosen.reason
-    chosen = select_runtime("auto", settings, answers=lambda: True)
+    chosen = select_runtime(RuntimeChoice.AUTO, settings, answers=lambda: True)
     assert isinstance(chosen.runtime, DockerRuntime)
     assert chosen.runtime.home == tmp_path
     assert chosen.runtime.overrides == (tmp_path / "extra.yaml",)
     assert "engine answers" in chosen.reason
 
 
-def test_unknown_runtime_is_refused(tmp_path: Path) -> None:
-    """A runtime name other than auto, docker or local is refused with the choices."""
-    with pytest.raises(CalopsError, match="auto, docker, local"):
-        select_runtime("podman", CliSettings(home=tmp_path))
+def test_unknown_runtime_is_refused_with_the_choices(isolated_home: Path) -> None:
+    """`calops up --runtime podman` is a usage error naming auto, docker and local."""
+    from typer.testing import CliRunner
+
+    from calopsctl.cli import app
+
+    result = CliRunner().invoke(app, ["up", "--runtime", "podman"])
+    assert result.exit_code == 2
+    assert all(choice in result.output for choice in ("auto", "docker", "local"))
 
 
 @pytest.mark.integration

@@ -9,9 +9,9 @@ import typer
 
 from calopsctl.application import settings
 from calopsctl.console import err, print_json
-from calopsctl.services import API, GRAFANA, MLFLOW, NAMES, PROMETHEUS, Service
+from calopsctl.services import API, GRAFANA, MLFLOW, NAMES, PROMETHEUS, RuntimeChoice, Service
 
-RUNTIME_HELP = "auto (Docker when an engine answers, else local processes), docker or local."
+RUNTIME_HELP = "auto: Docker when an engine answers, else local processes."
 SERVICE_CHOICES = f"{', '.join(NAMES[:-1])} or {NAMES[-1]}"
 
 
@@ -37,7 +37,9 @@ def up(
     prometheus_port: Annotated[int, _port_option(PROMETHEUS)] = PROMETHEUS.default_port,
     grafana_port: Annotated[int, _port_option(GRAFANA)] = GRAFANA.default_port,
     mlflow_port: Annotated[int, _port_option(MLFLOW)] = MLFLOW.default_port,
-    runtime: Annotated[str, typer.Option(help=RUNTIME_HELP, envvar="CALOPS_RUNTIME")] = "auto",
+    runtime: Annotated[
+        RuntimeChoice, typer.Option(help=RUNTIME_HELP, envvar="CALOPS_RUNTIME")
+    ] = RuntimeChoice.AUTO,
     build: Annotated[bool, typer.Option(help="Rebuild the API image (docker runtime).")] = True,
     wait: Annotated[bool, typer.Option(help="Wait until every service is healthy.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for health.", min=1)] = 180.0,

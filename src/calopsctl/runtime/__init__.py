@@ -10,11 +10,10 @@ from calapi.errors import CalopsError
 from calopsctl.runtime.base import Runtime
 from calopsctl.runtime.docker import DockerRuntime, engine_answers
 from calopsctl.runtime.local import LocalRuntime
+from calopsctl.services import RuntimeChoice
 
 if TYPE_CHECKING:
     from calopsctl.settings import CliSettings
-
-CHOICES = ("auto", "docker", "local")
 
 
 @dataclass(frozen=True)
@@ -33,22 +32,20 @@ def runtime_named(name: str, settings: CliSettings) -> Runtime:
 
 
 def select_runtime(
-    choice: str, settings: CliSettings, *, answers: Callable[[], bool] = engine_answers
+    choice: RuntimeChoice, settings: CliSettings, *, answers: Callable[[], bool] = engine_answers
 ) -> Selection:
     """``auto``: Docker when an engine answers, else local processes; explicit choices checked."""
-    if choice not in CHOICES:
-        raise CalopsError(f"Unknown runtime {choice!r}; use one of {', '.join(CHOICES)}.")
-    if choice == "local":
+    if choice == RuntimeChoice.LOCAL:
         return Selection(runtime_named("local", settings), "asked for with --runtime local")
     engine = settings.docker_host
     if answers():
         reason = (
             "asked for with --runtime docker"
-            if choice == "docker"
+            if choice == RuntimeChoice.DOCKER
             else f"a Docker engine answers at {engine}"
         )
         return Selection(runtime_named("docker", settings), reason)
-    if choice == "docker":
+    if choice == RuntimeChoice.DOCKER:
         raise CalopsError(
             f"Docker was asked for but no engine answers at {engine}; "
             "start Docker or use --runtime local."
