@@ -15,7 +15,9 @@ import yaml
 from stacktools import (
     ALERT_RULES,
     PROMETHEUS_CONFIG,
+    dashboard_panels,
     instant_query,
+    load_dashboard,
     unanswered_panels,
     wait_for_query,
 )
@@ -107,6 +109,17 @@ def traffic(live_api: str, prometheus: str) -> str:
 def test_every_panel_query_returns_data(traffic: str) -> None:
     """Each target of each dashboard panel returns at least one finite sample."""
     assert unanswered_panels(traffic) == []
+
+
+def test_model_panel_shows_the_served_version_and_its_alias(live_api: str, traffic: str) -> None:
+    """The "Model version" panel groups by version and alias, and names what /info reports."""
+    (panel,) = [p for p in dashboard_panels(load_dashboard()) if p["title"] == "Model version"]
+    (target,) = panel["targets"]
+    assert target["legendFormat"] == "{{version}} {{alias}}"
+    (series,) = instant_query(traffic, target["expr"])
+    served = httpx.get(f"{live_api}/info", timeout=10.0).json()["model"]
+    assert series["metric"].get("version") == served["version"]
+    assert series["metric"].get("alias", "") == (served["alias"] or "")
 
 
 def test_api_alerts_load_in_prometheus(traffic: str) -> None:

@@ -85,9 +85,9 @@ class ModelHolder:
         # One reference assignment: a batch reads the model once, so none sees a mix.
         self.current = model
         self.problem = None
-        self._metrics.show_model(model.version, model.sha256, model.source)
-        log.info("Serving model %s from %s (%s path)", model.version, model.source,
-                 model.predict.kind)  # fmt: skip
+        self._metrics.show_model(model.version, model.sha256, model.source, alias=model.alias)
+        log.info("Serving model %s (alias %s, run %s) from %s (%s path)", model.version,
+                 model.alias, model.run_id, model.source, model.predict.kind)  # fmt: skip
 
     def _fail(self, reason: str) -> None:
         if self.current is None:

@@ -64,8 +64,9 @@ class ApiMetrics:
 
     def _init_model_metrics(self, registry: CollectorRegistry) -> None:
         self.model_info = Gauge(
-            "app_model_info", "1 for the model answering now: version, sha256 prefix, source.",
-            ("version", "sha256", "source"), registry=registry,
+            "app_model_info", "1 for the model answering now: version, alias (empty when "
+            "none), sha256 prefix, source.", ("version", "alias", "sha256", "source"),
+            registry=registry,
         )  # fmt: skip
         self.model_loaded = Gauge(
             "app_model_loaded", "1 when a model is loaded and serving, else 0.", registry=registry
@@ -82,7 +83,7 @@ class ApiMetrics:
             "app_predict_batch_rows", "Rows per model call after micro-batching [rows].",
             buckets=BATCH_ROW_BUCKETS, registry=registry,
         )  # fmt: skip
-        self._current_model: tuple[str, str, str] | None = None
+        self._current_model: tuple[str, str, str, str] | None = None
         self.out_of_range_children = {name: self.out_of_range.labels(name) for name in FEATURES}
 
     def _init_feedback_metrics(self, registry: CollectorRegistry) -> None:
@@ -97,14 +98,19 @@ class ApiMetrics:
         for reason in ("capacity", "age"):
             self.evictions.labels(reason)
 
-    def show_model(self, version: str | None, sha256: str = "", source: str = "") -> None:
-        """Point app_model_info at the model now answering (or at none)."""
+    def show_model(
+        self, version: str | None, sha256: str = "", source: str = "", *, alias: str | None = None
+    ) -> None:
+        """Point app_model_info at the model now answering (or at none).
+
+        The previous series is removed, so the labels stay bounded: one series, one model.
+        """
         if self._current_model is not None:
             self.model_info.remove(*self._current_model)
             self._current_model = None
         self.model_loaded.set(0 if version is None else 1)
         if version is not None:
-            self._current_model = (version, sha256[:12], source)
+            self._current_model = (version, alias or "", sha256[:12], source)
             self.model_info.labels(*self._current_model).set(1)
 
     def bind_drift(self, read: Callable[[], DriftSnapshot | None]) -> None:

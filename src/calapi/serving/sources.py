@@ -6,6 +6,8 @@ A source answers two questions: ``signature()`` (cheap: has anything changed?) a
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -20,8 +22,10 @@ from calapi.model.artifact import checked_predictor, file_sha256, map_moved_modu
 from calapi.model.card import CARD_FILE, read_card, training_ranges
 from calapi.model.features import FEATURES, FloatArray
 from calapi.model.predictor import Predictor, probe_rows
+from calapi.model.runrecord import MODEL_FILE, POINTER, RUN_FILE, RunInfo, read_run
 
-MODEL_FILE: Final = "model.joblib"
+log = logging.getLogger("calapi")
+POINTER_ALIAS: Final = POINTER  # the alias a model served through the folder pointer shows
 MLFLOW_SCHEME: Final = "models:/"
 MLFLOW_MODEL_FILES: Final = ("model.pkl", "model.joblib", "model.skops", "model.cloudpickle")
 
@@ -39,6 +43,8 @@ class LoadedModel:
     card_note: str | None
     low: FloatArray
     high: FloatArray
+    alias: str | None = None
+    run_id: str | None = None
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def out_of_range(self, raw: FloatArray) -> dict[str, int]:
@@ -68,26 +74,99 @@ def source_for(reference: str) -> ModelSource:
     return LocalSource(Path(reference))
 
 
-class LocalSource:
-    """``model.joblib`` + ``model_card.json`` in a folder (or a model file and its folder)."""
+@dataclass(frozen=True)
+class RunFolder:
+    """Where one load reads from, fixed once so model, card and run.json are of one run."""
 
-    def __init__(self, path: Path) -> None:
-        self.model_path = path if path.suffix in {".joblib", ".pkl"} else path / MODEL_FILE
-        self.card_path = self.model_path.with_name(CARD_FILE)
-        self.description = str(self.model_path)
+    model_path: Path
+    card_path: Path
+    target: Path | None = None
+    run: RunInfo | None = None
+    run_note: str | None = None
 
     def signature(self) -> Hashable:
-        return (_stat(self.model_path), _stat(self.card_path))
+        """The run folder and its files' stats: a pointer switch or a rewrite changes it."""
+        stats = (_stat(self.model_path), _stat(self.card_path))
+        if self.target is None:
+            return (None, *stats)
+        return (str(self.target), *stats, _stat(self.target / RUN_FILE))
+
+
+class LocalSource:
+    """A folder's ``current`` run (or its own ``model.joblib``), or a model file.
+
+    ``current`` is the local serving pointer ``calops promote`` and ``rollback`` switch; a
+    folder without one is the legacy layout, with ``model.joblib`` and its card inside.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        is_file = path.suffix in {".joblib", ".pkl"}
+        self.pointer = None if is_file else path / POINTER
+        self.model_path = path if is_file else path / MODEL_FILE
+        self.description = str(path)
+
+    def signature(self) -> Hashable:
+        return self.run_folder().signature()
+
+    def run_folder(self) -> RunFolder:
+        """The files to load now: those of the run ``current`` resolves to, else the legacy ones."""
+        if self.pointer is None or not os.path.lexists(self.pointer):
+            return RunFolder(self.model_path, self.model_path.with_name(CARD_FILE))
+        target = Path(os.path.realpath(self.pointer))
+        run, note = read_run(target / RUN_FILE)
+        model_path = target / (run.model_file if run else MODEL_FILE)
+        return RunFolder(model_path, target / CARD_FILE, target, run, note)
 
     def load(self) -> LoadedModel:
-        if not self.model_path.is_file():
+        folder = self.run_folder()
+        self._check_present(folder)
+        sha256 = file_sha256(folder.model_path)
+        estimator = read_model(folder.model_path)
+        card, note = read_card(folder.card_path, sha256)
+        source = str(folder.model_path)
+        if folder.target is None:
+            return assemble(estimator, source, sha256[:12], sha256, card, note)
+        version, run_id, run_note = run_identity(folder.run, sha256)
+        if (problem := folder.run_note or run_note) is not None:
+            log.warning("%s", problem)
+        return assemble(
+            estimator, source, version, sha256, card, note, alias=POINTER_ALIAS, run_id=run_id
+        )
+
+    def _check_present(self, folder: RunFolder) -> None:
+        if folder.target is not None and not folder.target.is_dir():
+            raise ModelError(
+                f"The serving pointer {self.pointer} leads to {folder.target}, which is not an "
+                "existing run folder; run `calops promote` or `calops rollback` to repoint it."
+            )
+        if folder.model_path.is_file():
+            return
+        if folder.target is not None:
+            raise ModelError(
+                f"No model at {folder.model_path}, in the run {self.pointer} points to; run "
+                "`calops promote` or `calops rollback` to repoint it at a complete run."
+            )
+        if self.pointer is None:
             raise ModelError(
                 f"No model at {self.model_path}; run `calops train` or set CALOPS_MODEL."
             )
-        sha256 = file_sha256(self.model_path)
-        estimator = read_model(self.model_path)
-        card, note = read_card(self.card_path, sha256)
-        return assemble(estimator, str(self.model_path), sha256[:12], sha256, card, note)
+        raise ModelError(
+            f"No model at {self.path} (no {self.pointer} and no {MODEL_FILE}); run "
+            "`calops train` or set CALOPS_MODEL."
+        )
+
+
+def run_identity(run: RunInfo | None, sha256: str) -> tuple[str, str | None, str | None]:
+    """Version, run id and a note: the registry's "name/version" when the record names both
+    and describes this very model file, else the sha256 prefix the legacy layout reports."""
+    if run is None:
+        return sha256[:12], None, None
+    if run.sha256 not in (None, sha256):
+        return sha256[:12], None, f"{RUN_FILE} describes another model file (sha256); ignored."
+    if not run.model_name or run.version is None:  # an adopted legacy model has no version
+        return sha256[:12], run.run_id, None
+    return f"{run.model_name}/{run.version}", run.run_id, None
 
 
 class MlflowSource:
@@ -121,7 +200,10 @@ class MlflowSource:
             sha256 = file_sha256(files[0]) if files else ""
             card, note = self._card(found.run_id, folder)
         version = f"{self.name}/{found.version}"
-        return assemble(estimator, self.uri, version, sha256, card, note)
+        return assemble(
+            estimator, self.uri, version, sha256, card, note, alias=self.alias,
+            run_id=found.run_id,
+        )  # fmt: skip
 
     def _model_version(self) -> Any:
         from mlflow import MlflowClient
@@ -160,6 +242,9 @@ def assemble(  # noqa: PLR0917 - each argument is one fact /info reports
     sha256: str,
     card: dict[str, Any] | None,
     card_note: str | None,
+    *,
+    alias: str | None = None,
+    run_id: str | None = None,
 ) -> LoadedModel:
     """Check the estimator can predict, pick its fastest exact predictor, read its ranges."""
     ranges = training_ranges(card)
@@ -169,7 +254,9 @@ def assemble(  # noqa: PLR0917 - each argument is one fact /info reports
     for index, name in enumerate(FEATURES):
         if ranges and name in ranges:
             low[index], high[index] = ranges[name]
-    return LoadedModel(estimator, predictor, source, version, sha256, card, card_note, low, high)
+    return LoadedModel(
+        estimator, predictor, source, version, sha256, card, card_note, low, high, alias, run_id
+    )
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:

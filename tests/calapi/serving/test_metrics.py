@@ -45,13 +45,14 @@ def test_model_info_points_at_one_model() -> None:
     registry = CollectorRegistry()
     metrics = ApiMetrics(registry)
     metrics.show_model("v1", "a" * 64, "artifacts")
-    metrics.show_model("v2", "b" * 64, "artifacts")
-    assert sample(registry, "app_model_info", version="v1", sha256="a" * 12,
+    metrics.show_model("calories/2", "b" * 64, "artifacts", alias="current")
+    assert sample(registry, "app_model_info", version="v1", alias="", sha256="a" * 12,
                   source="artifacts") == 0  # fmt: skip
-    assert sample(registry, "app_model_info", version="v2", sha256="b" * 12,
-                  source="artifacts") == 1  # fmt: skip
+    assert sample(registry, "app_model_info", version="calories/2", alias="current",
+                  sha256="b" * 12, source="artifacts") == 1  # fmt: skip
     metrics.show_model(None)
     assert sample(registry, "app_model_loaded") == 0
+    assert "app_model_info{" not in generate_latest(registry).decode()
 
 
 @pytest.mark.anyio

@@ -24,6 +24,7 @@ async def test_missing_model_answers_503_with_the_reason(tmp_path: Path) -> None
         assert (await client.get("/metrics")).status_code == 200
     assert health.status_code == ready.status_code == predict.status_code == 503
     assert "No model at" in health.json()["reason"]
+    assert "current" in health.json()["reason"]
     assert "calops train" in predict.json()["detail"]
     assert info["model"]["loaded"] is False
 
@@ -122,7 +123,7 @@ async def test_hot_swap_under_load_fails_no_request(
     assert {status for status, _ in seen} == {200}
     assert {version for _, version in seen} == {old, new}
     assert sample(registry, "app_model_reloads_total", outcome="loaded") >= 1
-    assert sample(registry, "app_model_info", version=new, sha256=new,
+    assert sample(registry, "app_model_info", version=new, alias="", sha256=new,
                   source=str(serving / "model.joblib")) == 1  # fmt: skip
 
 
@@ -172,4 +173,5 @@ async def test_mlflow_alias_uri_serves_the_registered_model(
     assert predict.json()["model_version"] == "calories/1"
     assert model["predictor"] == "fast"
     assert model["card"] == "present"
-    assert run.info.run_id
+    assert model["alias"] == "champion"
+    assert model["run_id"] == run.info.run_id

@@ -51,7 +51,7 @@ async def readyz(holder: HolderDep) -> Response:
 
 @router.get("/info", summary="App, model and environment")
 async def info(holder: HolderDep, drift: DriftDep, settings: SettingsDep) -> dict[str, Any]:
-    """Which model answers (source, version, sha256, card), its live drift, where it runs."""
+    """Which model answers (source, version, alias, run, card), its live drift, where it runs."""
     return {
         "app": {"name": "calapi", "version": calapi.__version__},
         "model": describe_model(holder),
@@ -79,6 +79,8 @@ def describe_model(holder: ModelHolder) -> dict[str, Any]:
         "loaded": True,
         "source": model.source,
         "version": model.version,
+        "alias": model.alias,
+        "run_id": model.run_id,
         "sha256": model.sha256,
         "loaded_at": model.loaded_at,
         "predictor": model.predict.kind,
