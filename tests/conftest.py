@@ -33,6 +33,25 @@ def _restore_environment() -> Iterator[None]:
     os.environ.update(saved)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """XDG_STATE_HOME for session and module fixtures, which run `calops` before any test's own
+    folder is set: no test may write the user's index of running stacks."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state-session")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _private_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A fresh XDG_STATE_HOME per test, so stacks one test records never show in another's."""
+    state = tmp_path_factory.mktemp("xdg-state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a real trained model, metrics.json and model card (trained once)."""

@@ -9,25 +9,42 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from calapi.errors import CalopsError
+from calopsctl.project import DIRNAME, Home, locate
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 
 
 class CliSettings(BaseSettings):
-    """The CLI's settings; commands get them from ``ctx.obj`` and pass them down."""
+    """The CLI's settings; commands get them from ``ctx.obj`` and pass them down.
 
+    ``home`` is CALOPS_HOME when set, else the nearest ``.calops`` folder up from the working
+    directory (as git finds ``.git``), else ``./.calops``; ``home_info`` says which it was.
+    """
+
+    # An empty variable counts as unset, so `CALOPS_HOME= calops health` searches again.
     model_config = SettingsConfigDict(
-        env_prefix="CALOPS_", extra="ignore", validate_by_name=True, validate_by_alias=True
+        env_prefix="CALOPS_",
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+        env_ignore_empty=True,
     )
 
     home: Path = Field(
-        default=Path(".calops"),
+        default=Path(DIRNAME),  # replaced by the folder found from the working directory
         description="State folder: stack record, logs, secrets, the default MLflow store.",
     )
     compose_files: Annotated[list[Path], NoDecode] = Field(
@@ -50,10 +67,20 @@ class CliSettings(BaseSettings):
         description="The hand-out's `URL=... make simulate-stream` target for `calops simulate`.",
     )
 
-    @field_validator("home")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.resolve()
+    _home_info: Home = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _locate_home(self) -> Self:
+        """Resolve ``home`` once, keeping how it was found for the line that names the stack."""
+        explicit = self.home if "home" in self.model_fields_set else None
+        self._home_info = locate(explicit, Path.cwd())
+        self.home = self._home_info.path
+        return self
+
+    @property
+    def home_info(self) -> Home:
+        """The state folder with its origin (CALOPS_HOME, found above, or new)."""
+        return self._home_info
 
     @field_validator("compose_files", mode="before")
     @classmethod

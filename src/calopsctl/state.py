@@ -1,7 +1,8 @@
 """The running stack's record (``<home>/stack.json``), shared by every command.
 
 ``calops up`` writes it, ``calops down`` removes it; ``train``, ``simulate``, ``health`` and
-``info`` read it to find the stack's URLs without being told.
+``info`` read it to find the stack's URLs without being told. Saving or clearing it also updates
+the user-level index of running stacks (calopsctl.project), so other folders can point here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calopsctl.project import forget_stack, remember_stack
 from calopsctl.services import NAMES, loopback_url
 
 
@@ -47,13 +49,16 @@ def load_state(home: Path) -> StackState | None:
 
 
 def save_state(home: Path, state: StackState) -> None:
-    """Write the record atomically."""
+    """Write the record atomically and list ``home`` among the running stacks."""
     path = state_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
     os.replace(tmp, path)
+    remember_stack(home)
 
 
 def clear_state(home: Path) -> None:
+    """Remove the record; the stack is no longer listed as running."""
     state_path(home).unlink(missing_ok=True)
+    forget_stack(home)

@@ -37,6 +37,7 @@ def test_defaults_without_any_variable(clean_environment: Path) -> None:
     settings = CliSettings()
     assert settings.home == clean_environment / ".calops"
     assert settings.home.is_absolute()
+    assert settings.home_info.origin == "new"
     assert settings.compose_files == []
     assert settings.docker_host == "unix:///var/run/docker.sock"
     assert settings.grafana_admin_password is None
@@ -52,6 +53,7 @@ def test_each_variable_is_read(clean_environment: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("URL", "http://127.0.0.1:8010/")
     settings = CliSettings()
     assert settings.home == clean_environment / "state"
+    assert settings.home_info.origin == "CALOPS_HOME"
     assert settings.compose_files == [Path("a.yaml"), Path("b/c.yaml")]
     assert settings.docker_host == "tcp://10.0.0.2:2375"
     assert settings.grafana_admin_password is not None
@@ -69,6 +71,22 @@ def test_blank_password_and_url_count_as_unset(
     settings = CliSettings()
     assert settings.grafana_admin_password is None
     assert settings.seed_url is None
+
+
+def test_empty_variables_count_as_unset(
+    clean_environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CALOPS_HOME= calops ...` searches for the stack; an empty DOCKER_HOST is the default."""
+    (clean_environment / ".calops").mkdir()
+    sub = clean_environment / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    monkeypatch.setenv("CALOPS_HOME", "")
+    monkeypatch.setenv("DOCKER_HOST", "")
+    settings = CliSettings()
+    assert settings.home == clean_environment / ".calops"
+    assert settings.home_info.origin == "found"
+    assert settings.docker_host == "unix:///var/run/docker.sock"
 
 
 def test_invalid_setting_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,39 @@ def test_options_become_one_settings_object(runs: list[SimulationSettings]) -> N
     assert settings.drift is DriftKind.CONCEPT
 
 
+@pytest.mark.parametrize(
+    ("argv", "variables", "first_line"),
+    [
+        (["--url", "http://h:1/"], {}, "Target: http://h:1 (from --url)."),
+        ([], {"CALOPS_URL": "http://h:2"}, "Target: http://h:2 (from CALOPS_URL)."),
+        ([], {"URL": "http://h:3/"}, "Target: http://h:3 (from URL)."),
+    ],
+)
+def test_first_line_names_the_given_target_and_its_source(
+    runs: list[SimulationSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    variables: dict[str, str],
+    first_line: str,
+) -> None:
+    """A target given by option or variable is named, with where it came from, on stderr."""
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["simulate", "--count", "1", "--json", *argv])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == first_line
+
+
+def test_first_line_names_the_stack_when_it_gives_the_target(
+    runs: list[SimulationSettings], isolated_home: Path
+) -> None:
+    """Without a given URL the stack folder is named (here none is recorded: 8000)."""
+    result = runner.invoke(app, ["simulate", "--count", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == f"Stack: {isolated_home / '.calops'} (CALOPS_HOME)."
+    assert runs[0].url == "http://127.0.0.1:8000"
+
+
 def test_no_length_given_runs_for_the_default_duration(runs: list[SimulationSettings]) -> None:
     """Without --duration or --count the run lasts the default duration."""
     assert runner.invoke(app, ["simulate"]).exit_code == 0

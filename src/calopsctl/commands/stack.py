@@ -1,15 +1,23 @@
-"""Stack lifecycle commands: up, down, health, info, logs."""
+"""Stack lifecycle commands: up, down, health, info, logs.
+
+Each one first says on stderr which stack folder it uses, since that folder is found from the
+working directory (or CALOPS_HOME) and may not be the one the user thinks of.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from calopsctl.application import settings
 from calopsctl.console import err, print_json
+from calopsctl.project import describe
 from calopsctl.services import API, GRAFANA, MLFLOW, NAMES, PROMETHEUS, RuntimeChoice, Service
+
+if TYPE_CHECKING:
+    from calopsctl.settings import CliSettings
 
 RUNTIME_HELP = "auto: Docker when an engine answers, else local processes."
 SERVICE_CHOICES = f"{', '.join(NAMES[:-1])} or {NAMES[-1]}"
@@ -17,6 +25,13 @@ SERVICE_CHOICES = f"{', '.join(NAMES[:-1])} or {NAMES[-1]}"
 
 def _say(message: str) -> None:
     err.print(message, markup=False)
+
+
+def _stack_settings(ctx: typer.Context, *, starting: bool = False) -> CliSettings:
+    """The invocation's settings, after the first line naming the stack folder they point at."""
+    cli = settings(ctx)
+    _say(describe(cli.home_info, starting=starting))
+    return cli
 
 
 def _port_option(service: Service) -> Any:
@@ -50,15 +65,17 @@ def up(
     model: Annotated[
         str | None,
         typer.Option(
-            help="What the API serves: an artifacts folder or models:/NAME@ALIAS "
-            "(default: the config's artifacts folder).",
+            help="What the API serves: models:/NAME@ALIAS from the stack's MLflow, or an "
+            "artifacts folder (its `current` run) (default: models:/<model.name>@<model.alias> "
+            "of the config).",
         ),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Bring up the API, Prometheus, Grafana and MLflow, and print where each one is.
 
-    Trains the default model first when none exists.
+    The API serves the registry alias (models:/calories@champion) from the stack's MLflow;
+    on a fresh stack, MLflow starts first and the configured model is trained and registered.
     Refuses a taken port before starting anything.
     A second `calops up` reports what already runs.
 
@@ -66,10 +83,11 @@ def up(
       calops up
       calops up --host-port 8010
       calops up --runtime local --no-wait
-      calops up --model models:/calories@champion
+      calops up --model ./artifacts
     """
     from calopsctl import stackops, stackview
 
+    cli = _stack_settings(ctx, starting=True)
     ports = {
         API.name: host_port,
         PROMETHEUS.name: prometheus_port,
@@ -85,7 +103,6 @@ def up(
         config=config,
         model=model,
     )
-    cli = settings(ctx)
     result = stackops.up(options, cli, _say)
     rows = stackops.summary_rows(result, cli)
     if json:
@@ -116,7 +133,7 @@ def down(
     """
     from calopsctl import stackops
 
-    stackops.down(settings(ctx), volumes=volumes, say=_say)
+    stackops.down(_stack_settings(ctx), volumes=volumes, say=_say)
 
 
 def health(
@@ -137,7 +154,7 @@ def health(
     from calopsctl import health as checks_module
     from calopsctl import stackops, stackview
 
-    _state, checks = stackops.stack_health(settings(ctx), wait)
+    _state, checks = stackops.stack_health(_stack_settings(ctx), wait)
     if json:
         print_json(
             {"healthy": checks_module.healthy(checks), "checks": [c.as_dict() for c in checks]}
@@ -161,7 +178,7 @@ def info(
     """
     from calopsctl import stackops, stackview
 
-    data = stackops.info(settings(ctx))
+    data = stackops.info(_stack_settings(ctx))
     if json:
         print_json(data)
     else:
@@ -188,4 +205,4 @@ def logs(
     """
     from calopsctl import stackops
 
-    stackops.logs(settings(ctx), service, follow=follow, tail=tail)
+    stackops.logs(_stack_settings(ctx), service, follow=follow, tail=tail)

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from calopsctl.application import settings
+from calopsctl.console import err
+from calopsctl.project import describe
 from calopsctl.services import API, loopback_url
 from calopsctl.simulator.settings import DEFAULT_DURATION_S, DriftKind, SimulationSettings
 
@@ -25,6 +27,25 @@ def _run_length(duration: float | None, count: int | None) -> float | None:
     if duration is not None and count is not None:
         raise typer.BadParameter("give one of them, not both", param_hint="--duration / --count")
     return DEFAULT_DURATION_S if duration is None and count is None else duration
+
+
+def _url_option_source(ctx: typer.Context) -> str:
+    """``CALOPS_URL`` when the --url value came from that variable, else ``--url``."""
+    source = ctx.get_parameter_source("url")
+    # By name: Typer ships its own copy of click, so click's enum is not the one it returns.
+    return "CALOPS_URL" if source is not None and source.name == "ENVIRONMENT" else "--url"
+
+
+def _target_line(ctx: typer.Context, url: str | None, seed_url: str | None) -> str | None:
+    """The URL given and where it came from; None when the target comes from the stack.
+
+    Said first on stderr so a run against an unexpected API is noticed before it starts.
+    """
+    if url:
+        return f"Target: {url.rstrip('/')} (from {_url_option_source(ctx)})."
+    if seed_url:
+        return f"Target: {seed_url.rstrip('/')} (from URL)."
+    return None
 
 
 def simulate(
@@ -130,6 +151,8 @@ def simulate(
     from calopsctl.simulator.target import resolve_url
 
     cli = settings(ctx)
+    line = _target_line(ctx, url, cli.seed_url) or describe(cli.home_info)
+    err.print(line, markup=False)
     run = SimulationSettings(
         url=resolve_url(url, seed_url=cli.seed_url, home=cli.home),
         rps=rps,
