@@ -64,8 +64,11 @@ class TrainConfig(_Section):
 def default_config_path() -> Path:
     """``./config.yaml`` when present, else the copy shipped inside the package."""
     local = Path("config.yaml")
-    if local.is_file():
-        return local
+    return local if local.is_file() else packaged_config_path()
+
+
+def packaged_config_path() -> Path:
+    """The default configuration shipped with calops (the checkout's config.yaml in a clone)."""
     packaged = Path(__file__).with_name("default_config.yaml")
     if packaged.is_file():
         return packaged
@@ -75,18 +78,37 @@ def default_config_path() -> Path:
 def load_config(path: Path | None = None) -> TrainConfig:
     """Read and validate a training configuration; raise ConfigError with one clear sentence."""
     path = path or default_config_path()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"Config file {path} does not exist; pass --config PATH.") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"Config file {path}: {where}: {first['msg']}.") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file holding a mapping, as plain data (an empty file is ``{}``).
+
+    Also how calops reads configs it does not own (a hand-out train.py's), so nothing here
+    knows calops's schema. Every failure is a ConfigError in one sentence.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist; pass --config PATH.") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {path} could not be read ({exc}).") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "unreadable"
+        raise ConfigError(f"Config file {path} is not valid YAML{at}: {problem}.") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Config file {path} must hold a YAML mapping of keys to values.")
+    return {str(key): value for key, value in raw.items()}
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

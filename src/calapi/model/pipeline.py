@@ -16,6 +16,7 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
+from calapi.errors import ConfigError
 from calapi.model.config import ModelConfig
 from calapi.model.data import raw_matrix
 from calapi.model.features import ENGINEERED_FEATURES, FEATURES, FloatArray, engineer
@@ -64,3 +65,18 @@ def build_model(model_config: ModelConfig) -> TransformedTargetRegressor:
     return TransformedTargetRegressor(
         regressor=pipeline, func=np.log1p, inverse_func=np.expm1, check_inverse=False
     )
+
+
+def check_model_config(model_config: ModelConfig) -> None:
+    """Raise ConfigError, in one sentence, for model.params the estimator would refuse.
+
+    Called before any data is read or any tracking store is created, so a typo costs nothing.
+    """
+    from calapi.model.sklearn_compat import validate_params
+
+    try:
+        model = build_model(model_config)
+        validate_params(model.regressor.named_steps["gbm"])
+    except (TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0].rstrip(".")
+        raise ConfigError(f"Config model.params is not valid: {reason}.") from None

@@ -120,3 +120,14 @@ class BinnedTrees:
         for predict_binned in self._trees:
             total += predict_binned(binned, self._missing_bin, 1)
         return total
+
+
+def validate_params(estimator: Any) -> None:
+    """Check an unfitted estimator's parameters now, as ``fit`` would (types and ranges).
+
+    ``_validate_params`` is private (scikit-learn 1.2+); without it the check happens at fit.
+    Raises scikit-learn's InvalidParameterError (a ValueError and TypeError).
+    """
+    check = getattr(estimator, "_validate_params", None)
+    if callable(check):
+        check()

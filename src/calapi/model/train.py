@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -26,7 +26,7 @@ from calapi.model.card import CardFacts, build_card
 from calapi.model.config import HoldoutConfig, TrainConfig, default_config_path, load_config
 from calapi.model.data import LoadedData, load_training_data
 from calapi.model.features import FEATURES, FEMALE, MALE, NUMERIC_FEATURES, TARGET, FloatArray
-from calapi.model.pipeline import build_model
+from calapi.model.pipeline import build_model, check_model_config
 
 Progress = Callable[[str], None]
 
@@ -55,6 +55,9 @@ class TrainResult:
     card_path: Path
     metrics: dict[str, Any]
     card: dict[str, Any]
+    # The held-out rows (features and Calories), None without a holdout: what another model
+    # must be scored on to be compared with this one.
+    evaluation: pd.DataFrame | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def run(
     half the cores).
     """
     say = progress or _quiet
+    check_model_config(config.model)
     say("Loading data")
     loaded = _load(config, data)
     split = _split(
@@ -279,7 +283,10 @@ def _write_artifacts(config: TrainConfig, fitted: _Fitted) -> TrainResult:
             f"Could not write the model to {folder} ({exc.strerror or exc}); "
             "choose a writable outputs.dir."
         ) from None
-    return TrainResult(folder, model_path, metrics_path, card_path, fitted.metrics, card)
+    evaluation = fitted.split.evaluation if fitted.split.holdout else None
+    return TrainResult(
+        folder, model_path, metrics_path, card_path, fitted.metrics, card, evaluation
+    )
 
 
 # ---------------------------------------------------------------------------- command line
