@@ -7,7 +7,7 @@ none, waits for health and keeps the record in ``<home>/stack.json``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,10 +19,11 @@ from calapi.errors import CalopsError
 from calapi.serving.server import port_free
 from calopsctl import health
 from calopsctl.health import ABSENT, DOWN, Check
+from calopsctl.paths import project_base
 from calopsctl.runtime import runtime_named, select_runtime
 from calopsctl.runtime.base import Runtime, StackSpec
 from calopsctl.secrets import GRAFANA_ADMIN_USER, grafana_admin_password, stored_password
-from calopsctl.services import NAMES, RuntimeChoice, by_name
+from calopsctl.services import MLFLOW, NAMES, RuntimeChoice, by_name
 from calopsctl.state import StackState, clear_state, load_state, save_state, state_path
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 EXITED = "exited"
+MODELS_SCHEME = "models:/"
 PROBE_TIMEOUT = 3.0
 
 
@@ -43,7 +45,7 @@ class UpOptions:
     wait: bool = True
     timeout: float = 180.0
     config: Path | None = None
-    model: str | None = None  # CALOPS_MODEL for the API; default: the artifacts folder
+    model: str | None = None  # CALOPS_MODEL for the API; default: models:/NAME@ALIAS
 
 
 @dataclass
@@ -69,12 +71,22 @@ def up(options: UpOptions, settings: CliSettings, say: Say) -> UpResult:
 
 
 def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say) -> UpResult:
+    """Start MLflow first, make sure the registry has a champion, then start the rest.
+
+    The API serves the registry alias, so it can only become healthy once a version holds it:
+    on a fresh stack the default model is trained and registered between the two steps.
+    """
     spec = _spec(options, settings)
     available = runtime.availability(spec)
     for name, reason in available.absent.items():
         say(f"{by_name(name).label} is left out: {reason}.")
+    if spec.model.startswith(MODELS_SCHEME) and MLFLOW.name not in available.services:
+        raise CalopsError(
+            f"The API would serve {spec.model} but this stack has no MLflow server; pass "
+            "--model with an artifacts folder."
+        )
     check_ports(spec.ports, available.services)
-    ensure_model(options.config, say)
+    spec.artifacts.mkdir(parents=True, exist_ok=True)  # bind-mounted into the API container
     state = StackState(
         runtime=runtime.name,
         ports=dict(spec.ports),
@@ -82,11 +94,44 @@ def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say
         services=available.services,
         extra={"absent": available.absent, "model": spec.model, "artifacts": str(spec.artifacts)},
     )
-    say(f"Starting {', '.join(available.services)}...")
-    runtime.up(spec, state, lambda record: save_state(settings.home, record))
-    save_state(settings.home, state)
+    first = [name for name in available.services if name == MLFLOW.name]
+    rest = [name for name in available.services if name not in first]
+    _start_step(runtime, spec, state, settings=settings, services=first, say=say)
+    prepare_model(state, runtime, spec, config=options.config, settings=settings, say=say)
+    _start_step(runtime, spec, state, settings=settings, services=rest, say=say)
     checks = wait_healthy(state, runtime, spec.timeout) if spec.wait else []
     return UpResult(state, already_running=False, checks=checks)
+
+
+def _start_step(
+    runtime: Runtime,
+    spec: StackSpec,
+    state: StackState,
+    *,
+    settings: CliSettings,
+    services: list[str],
+    say: Say,
+) -> None:
+    if not services:
+        return
+    say(f"Starting {', '.join(services)}...")
+    runtime.up(spec, state, lambda record: save_state(settings.home, record), services)
+    save_state(settings.home, state)
+
+
+def prepare_model(
+    state: StackState,
+    runtime: Runtime,
+    spec: StackSpec,
+    *,
+    config: Path | None,
+    settings: CliSettings,
+    say: Say,
+) -> None:
+    """Once MLflow answers, make sure something holds what the API is about to serve."""
+    if MLFLOW.name in state.services:
+        wait_healthy(state, runtime, spec.timeout, only=[MLFLOW.name])
+    ensure_champion(spec.model, config, settings, say)
 
 
 def _running_stack(settings: CliSettings, say: Say) -> tuple[StackState, Runtime] | None:
@@ -107,22 +152,18 @@ def _running_stack(settings: CliSettings, say: Say) -> tuple[StackState, Runtime
 
 
 def _spec(options: UpOptions, settings: CliSettings) -> StackSpec:
-    artifacts = _artifacts_dir(options.config)
+    from calopsctl.training import serving_names
+
+    name, alias, artifacts = serving_names(options.config, project_base(settings.home_info))
     return StackSpec(
         ports=dict(options.ports),
         artifacts=artifacts,
-        model=options.model or str(artifacts),
+        model=options.model or f"{MODELS_SCHEME}{name}@{alias}",
         grafana_password=grafana_admin_password(settings),
         build=options.build,
         wait=options.wait,
         timeout=options.timeout,
     )
-
-
-def _artifacts_dir(config_path: Path | None) -> Path:
-    from calapi.model.config import load_config
-
-    return load_config(config_path).outputs.dir.resolve()
 
 
 # ---------------------------------------------------------------- ports and model
@@ -151,39 +192,62 @@ def check_ports(ports: dict[str, int], services: list[str]) -> None:
             )
 
 
-def ensure_model(config_path: Path | None, say: Say) -> Path:
-    """The artifacts folder, after training the configured model when it holds none."""
-    from calapi.model.config import load_config
+def ensure_champion(model: str, config: Path | None, settings: CliSettings, say: Say) -> None:
+    """Train and register the configured model when nothing holds what the API will serve.
 
-    config = load_config(config_path)
-    if config.outputs.model_path.is_file() and config.outputs.card_path.is_file():
-        return config.outputs.dir
-    say(
-        f"No model found in {config.outputs.dir}/; training the default model first "
-        "(about a minute)."
+    Runs once MLflow is up, through ``calops train`` itself, so the first model is tracked,
+    registered and promoted exactly like every later one.
+    """
+    from calopsctl.lifecycle import FolderPointer
+    from calopsctl.training import TrainOptions, train_and_track
+
+    if model.startswith(MODELS_SCHEME):
+        name, _, alias = model.removeprefix(MODELS_SCHEME).partition("@")
+        if not alias or _registered_alias(settings, name, alias):
+            return
+        what = f"no version of model {name!r} holds alias {alias!r} in the stack's MLflow"
+    else:
+        if FolderPointer(Path(model), "").champion() is not None:
+            return
+        what = f"{model} has no model to serve"
+    say(f"First start: {what}; training the configured model first (about a minute).")
+    summary = train_and_track(
+        TrainOptions(config_path=config),
+        home=settings.home,
+        base=project_base(settings.home_info),
+        report=say,
     )
-    from calapi.model.train import run
+    say(
+        f"Registered {summary.model_name} version {summary.model_version} "
+        f"({_rmsle(summary.metrics)}); {summary.promotion_reason}."
+    )
 
-    result = run(config)
-    say(f"Trained: {result.model_path} (holdout {_rmsle(result.metrics)}).")
-    return config.outputs.dir
+
+def _registered_alias(settings: CliSettings, name: str, alias: str) -> bool:
+    from calopsctl.tracking import MlflowTracker, resolve_target
+
+    target = resolve_target(None, home=settings.home)
+    return MlflowTracker(target).aliased(name, alias) is not None
 
 
 def _rmsle(metrics: Any) -> str:
     value = metrics.get("rmsle") if isinstance(metrics, dict) else None
-    return f"RMSLE {value:.4f}" if isinstance(value, float) else "metrics in metrics.json"
+    return f"holdout RMSLE {value:.4f}" if isinstance(value, float) else "metrics in metrics.json"
 
 
 # ---------------------------------------------------------------- health
 
 
-def probe(state: StackState, runtime: Runtime) -> list[Check]:
-    """One pass over every check; a service whose process or container died is marked so."""
+def probe(state: StackState, runtime: Runtime, only: Collection[str] | None = None) -> list[Check]:
+    """One pass over every check (or those of ``only``); a service whose process or container
+    died is marked so."""
     alive = _alive(runtime, state)
     absent: dict[str, str] = state.extra.get("absent", {})
     checks: list[Check] = []
     with httpx.Client(timeout=PROBE_TIMEOUT) as client:
         for name in NAMES:
+            if only is not None and name not in only:
+                continue
             if name not in state.services:
                 reason = absent.get(name, "not part of this stack")
                 checks.append(Check(name, "-", ABSENT, reason, required=False))
@@ -208,10 +272,12 @@ def _alive(runtime: Runtime, state: StackState) -> dict[str, bool]:
         return {}
 
 
-def wait_healthy(state: StackState, runtime: Runtime, timeout: float) -> list[Check]:
+def wait_healthy(
+    state: StackState, runtime: Runtime, timeout: float, only: Collection[str] | None = None
+) -> list[Check]:
     """Probe until healthy; on timeout or a dead process name the service and show its log."""
     checks = health.retry(
-        lambda: probe(state, runtime),
+        lambda: probe(state, runtime, only),
         timeout=timeout,
         give_up=lambda found: any(c.detail.startswith(EXITED) for c in found),
     )

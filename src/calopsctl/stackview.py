@@ -80,3 +80,46 @@ def _model_line(model: dict[str, Any]) -> str:
     keys = ("source", "version", "sha256", "created")
     parts = [f"{key} {str(model[key])[:40]}" for key in keys if model.get(key)]
     return ", ".join(parts) or "unknown"
+
+
+def show_models(data: dict[str, Any]) -> None:
+    """The versions, newest first, with the one the API answers with marked."""
+    api = data["api"]
+    columns = ["", "version", "created", "data", "RMSLE", "in service since", "aliases"]
+    cells = [
+        [
+            "▶" if row["serving"] else ("*" if row["champion"] else ""),
+            str(row["version"]),
+            str(row["created"])[:19],
+            _data_cell(row),
+            _rmsle_cell(row),
+            _promoted_cell(row["promoted"]),
+            ", ".join(row["aliases"]),
+        ]
+        for row in data["versions"]
+    ]
+    if not interactive():
+        cells = [[cell or "-" for cell in row] for row in cells]
+    _emit(f"models ({data['pointer']})", columns, cells)
+    if not api["answered"]:
+        status = f"No API answers at {api['url']}."
+    else:
+        status = f"The API at {api['url']} answers with {api['model_version'] or 'no model'}."
+    out.print(f"{status} ▶ serving now, * holds the pointer.", markup=False)
+
+
+def _data_cell(row: dict[str, Any]) -> str:
+    source = str(row["data_source"])
+    return f"{source} (synthetic)" if row["synthetic"] and "synthetic" not in source else source
+
+
+def _rmsle_cell(row: dict[str, Any]) -> str:
+    if row["rmsle"] is None:
+        return "-"
+    return f"{row['rmsle']:.5f} ({row['evaluated_on'] or '?'})"
+
+
+def _promoted_cell(promoted: dict[str, str] | None) -> str:
+    if not promoted:
+        return ""
+    return f"{promoted['at'][:19]} by {promoted['by']} ({promoted['how']})"

@@ -13,23 +13,38 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 from calapi.errors import CalopsError
+from calapi.model.runrecord import RunInfo
 from calopsctl.state import load_state
+
+if TYPE_CHECKING:
+    from calapi.serving.sources import LoadedModel
 
 # Tag keys written on every run; the API and `calops info` read them back.
 TAG_DATA_SOURCE = "calops.data.source"
 TAG_SYNTHETIC = "calops.data.synthetic"
 TAG_EVALUATED_ON = "calops.evaluated_on"
 TAG_TRAINER = "calops.trainer"
+TAG_MODEL_SHA256 = "calops.model.sha256"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 
 HEALTH_TIMEOUT_SECONDS = 3.0
+PROBE_TIMEOUT_SECONDS = 10.0
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+# MLflow's client retries a failing server 7 times with exponential backoff (minutes of
+# silence); a tool on a local stack should say what is wrong within seconds.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+MAX_LISTED_VERSIONS = 50
 
 
 class TrackingError(CalopsError):
@@ -43,19 +58,12 @@ class TrackingTarget:
     uri: str
     origin: str
     artifact_root: Path | None = None  # for local stores: folder new experiments write into
+    local_default: bool = False  # the home's own SQLite store: no server, nobody chose it
+    serves: str | None = None  # what the stack's API serves, when this is the stack's server
 
     @property
     def is_remote(self) -> bool:
         return urlparse(self.uri).scheme in ("http", "https")
-
-
-@dataclass(frozen=True)
-class AliasedVersion:
-    """The registered version an alias points at, with the numbers needed to compare it."""
-
-    version: str
-    rmsle: float | None
-    evaluated_on: str | None
 
 
 @dataclass(frozen=True)
@@ -85,14 +93,25 @@ class LoggedRun:
     model_uri: str
 
 
-class Tracker(Protocol):
-    """The three things training needs from a model registry."""
+Registered = tuple[RunInfo, tuple[str, ...]]  # a registered version's run, and its aliases
 
-    def aliased(self, model_name: str, alias: str) -> AliasedVersion | None: ...
+
+class Tracker(Protocol):
+    """What training and promotion need from MLflow's tracking store and model registry."""
 
     def log_run(self, record: RunRecord) -> LoggedRun: ...
 
+    def aliased(self, model_name: str, alias: str) -> Registered | None: ...
+
+    def versions(self, model_name: str) -> list[Registered]: ...
+
     def set_alias(self, model_name: str, alias: str, version: str) -> None: ...
+
+    def model_tag(self, model_name: str, key: str) -> str | None: ...
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None: ...
+
+    def load_version(self, model_name: str, version: str) -> LoadedModel: ...
 
 
 # -- choosing the tracking URI ---------------------------------------------------------------
@@ -102,11 +121,15 @@ def resolve_target(explicit: str | None, *, home: Path) -> TrackingTarget:
     """``--tracking`` (or MLFLOW_TRACKING_URI), else the stack in ``home``, else SQLite there."""
     if explicit:
         return _target_for(explicit, "--tracking / MLFLOW_TRACKING_URI")
-    stack_url = _running_stack_mlflow(home)
-    if stack_url:
-        return TrackingTarget(stack_url, "the running stack's MLflow server")
+    stack = _running_stack_mlflow(home)
+    if stack:
+        url, serves = stack
+        return TrackingTarget(url, f"the MLflow server of the stack in {home}", serves=serves)
     return TrackingTarget(
-        f"sqlite:///{home / 'mlflow.db'}", "local SQLite store", home / "mlartifacts"
+        f"sqlite:///{home / 'mlflow.db'}",
+        f"no stack runs from {home}: its local SQLite store",
+        home / "mlartifacts",
+        local_default=True,
     )
 
 
@@ -129,12 +152,15 @@ def _target_for(uri: str, origin: str) -> TrackingTarget:
     )
 
 
-def _running_stack_mlflow(home: Path) -> str | None:
+def _running_stack_mlflow(home: Path) -> tuple[str, str | None] | None:
+    """The URL of the MLflow server of the stack in ``home`` (if it answers), and what its API
+    serves."""
     state = load_state(home)
-    if state is None or "mlflow" not in state.ports:
+    if state is None or "mlflow" not in state.services:
         return None
     url = state.url("mlflow")
-    return url if _answers(url) else None
+    served = state.extra.get("model")
+    return (url, str(served) if served else None) if _answers(url) else None
 
 
 def _answers(url: str) -> bool:
@@ -148,11 +174,33 @@ def _answers(url: str) -> bool:
 
 
 def check_reachable(target: TrackingTarget) -> None:
-    """Fail in one sentence, before any training, when a tracking server does not answer."""
-    if target.is_remote and not _answers(target.uri):
+    """Fail in one sentence, before any training, when a tracking server cannot track.
+
+    A server can answer /health and still fail every call (a broken database, a proxy in
+    front of it), so one real, cheap API call is made too, with a short timeout.
+    """
+    if not target.is_remote:
+        return
+    if not _answers(target.uri):
         raise TrackingError(
             f"MLflow tracking server {target.uri} does not answer on /health; start it "
             "(`calops up`) or pass another --tracking URI such as file:./mlruns."
+        )
+    import httpx
+
+    url = f"{target.uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
+    try:
+        response = httpx.get(url, params={"max_results": 1}, timeout=PROBE_TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        raise TrackingError(
+            f"MLflow at {target.uri} answers /health but not its API ({type(exc).__name__}); "
+            "check the server's log (`calops logs mlflow`)."
+        ) from None
+    if response.status_code != HTTPStatus.OK:
+        raise TrackingError(
+            f"MLflow at {target.uri} answers /health but its API failed (HTTP "
+            f"{response.status_code}: {response.text.strip()[:120]}); check the server's log "
+            "(`calops logs mlflow`)."
         )
 
 
@@ -174,35 +222,83 @@ class MlflowTracker:
             mlflow.set_registry_uri(target.uri)
             self._client = mlflow.MlflowClient(tracking_uri=target.uri, registry_uri=target.uri)
 
-    def aliased(self, model_name: str, alias: str) -> AliasedVersion | None:
+    def aliased(self, model_name: str, alias: str) -> Registered | None:
         """The version ``alias`` points at, or None when the model or the alias does not exist."""
-        from mlflow.exceptions import MlflowException
-
         with self._step("reading the registered model"):
-            try:
-                model = self._client.get_registered_model(model_name)
-            except MlflowException as exc:
-                if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                    return None
-                raise
-            version = model.aliases.get(alias)
-            if version is None:
+            model = self._registered(model_name)
+            if model is None or alias not in model.aliases:
                 return None
-            return self._describe(model_name, str(version))
+            version = self._client.get_model_version(model_name, str(model.aliases[alias]))
+            return self._describe(model_name, version, _aliases_of(model))
 
-    def _describe(self, model_name: str, version: str) -> AliasedVersion:
+    def versions(self, model_name: str) -> list[Registered]:
+        """The newest registered versions of ``model_name``, oldest first."""
+        with self._step("listing the registered versions"):
+            model = self._registered(model_name)
+            if model is None:
+                return []
+            found = self._client.search_model_versions(
+                f"name = '{model_name}'", max_results=MAX_LISTED_VERSIONS,
+                order_by=["version_number DESC"],
+            )  # fmt: skip
+            aliases = _aliases_of(model)
+            described = [self._describe(model_name, version, aliases) for version in found]
+        return sorted(described, key=lambda item: int(item[0].version or 0))
+
+    def _registered(self, model_name: str) -> Any:
         from mlflow.exceptions import MlflowException
 
-        run_id = self._client.get_model_version(model_name, version).run_id
-        if not run_id:
-            return AliasedVersion(version, None, None)
         try:
-            run = self._client.get_run(run_id)
-        except MlflowException:  # the run was deleted; the version has nothing to compare
-            return AliasedVersion(version, None, None)
-        return AliasedVersion(
-            version, run.data.metrics.get("rmsle"), run.data.tags.get(TAG_EVALUATED_ON)
+            return self._client.get_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def _describe(
+        self, model_name: str, version: Any, aliases: Mapping[str, tuple[str, ...]]
+    ) -> Registered:
+        from mlflow.exceptions import MlflowException
+
+        number = str(version.version)
+        tags: Mapping[str, str] = {}
+        metrics: Mapping[str, float] = {}
+        if version.run_id:
+            try:
+                run = self._client.get_run(version.run_id)
+                tags, metrics = run.data.tags, run.data.metrics
+            except MlflowException:  # the run was deleted; the version keeps its number
+                pass
+        info = RunInfo(
+            run_id=version.run_id or None,
+            model_name=model_name,
+            version=number,
+            created=_iso(version.creation_timestamp),
+            data_source=tags.get(TAG_DATA_SOURCE, "unknown"),
+            synthetic=tags.get(TAG_SYNTHETIC) == "true",
+            evaluated_on=tags.get(TAG_EVALUATED_ON),
+            rmsle=metrics.get("rmsle"),
+            trainer=tags.get(TAG_TRAINER),
+            sha256=tags.get(TAG_MODEL_SHA256),
+            tracking_uri=self._target.uri,
         )
+        return info, aliases.get(number, ())
+
+    def model_tag(self, model_name: str, key: str) -> str | None:
+        with self._step("reading the registered model"):
+            model = self._registered(model_name)
+            return None if model is None else model.tags.get(key)
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None:
+        with self._step("recording the promotion"):
+            self._client.set_registered_model_tag(model_name, key, value)
+
+    def load_version(self, model_name: str, version: str) -> LoadedModel:
+        """The registered model, loaded and checked as the API would load it."""
+        from calapi.serving.sources import MlflowSource
+
+        with self._step(f"loading version {version}"):
+            return MlflowSource(f"models:/{model_name}/{version}").load()
 
     def log_run(self, record: RunRecord) -> LoggedRun:
         """Log params, metrics, tags, artifacts and the model; register a new model version."""
@@ -288,7 +384,9 @@ def mlflow_environment(target: TrackingTarget) -> Iterator[None]:
     MLflow reads them from ``os.environ`` (its store classes check MLFLOW_ALLOW_FILE_STORE when
     constructed), so they are set around each MLflow call and the previous values put back.
     """
-    wanted = {PROGRESS_BAR: os.environ.get(PROGRESS_BAR, "false")}  # a user's choice wins
+    # A user's own setting of any of these wins.
+    wanted = {PROGRESS_BAR: os.environ.get(PROGRESS_BAR, "false")}
+    wanted |= {name: os.environ.get(name, value) for name, value in HTTP_DEFAULTS.items()}
     if urlparse(target.uri).scheme == "file":
         # MLflow 3.13+ refuses file stores unless told; `--tracking file:./mlruns` is a
         # supported choice here, so say yes on the user's behalf.
@@ -310,6 +408,20 @@ def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _aliases_of(model: Any) -> dict[str, tuple[str, ...]]:
+    """Version number -> the aliases pointing at it."""
+    found: dict[str, list[str]] = {}
+    for alias, version in model.aliases.items():
+        found.setdefault(str(version), []).append(alias)
+    return {version: tuple(sorted(names)) for version, names in found.items()}
+
+
+def _iso(milliseconds: int | None) -> str:
+    if not milliseconds:
+        return ""
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).isoformat(timespec="seconds")
 
 
 def _quiet_loggers() -> None:

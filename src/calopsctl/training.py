@@ -1,37 +1,56 @@
-"""``calops train``: run the trainer (built-in or a user's script), then track it in MLflow.
+"""``calops train``: train into a run folder, log it to MLflow, and let the gate decide.
 
-The order matters: the tracking store is checked before any training (an unreachable server
-fails in one sentence, not after minutes of fitting), and nothing is logged unless the model,
-``metrics.json`` and the model card all exist and were written by this run.
+The order matters:
+
+1. every input is checked (config, data file, script) before any tracking store is created;
+2. the tracking store is checked before any training (an unreachable or broken server fails
+   in one sentence, not after minutes of fitting);
+3. the trainer (built-in, or the user's script) writes into ``runs/.staging-*``, never over
+   what serves; the folder gets its final name, ``runs/<run-id>``, only once the run is logged,
+   and is removed when anything fails;
+4. only then may the serving pointer move, and only through the gate (the champion re-scored
+   on the new run's holdout) or ``--promote``.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from calapi.errors import CalopsError, ConfigError, ModelError
-from calapi.model.config import TrainConfig, default_config_path, flatten, load_config
-from calopsctl import paths, tracking
-from calopsctl.tracking import AliasedVersion, LoggedRun, RunRecord, Tracker, TrackingTarget
+from calapi.errors import ConfigError, ModelError
+from calapi.model.config import (
+    TrainConfig,
+    flatten,
+    load_config,
+    packaged_config_path,
+    read_yaml,
+)
+from calapi.model.runrecord import RunInfo
+from calopsctl import lifecycle, paths, tracking
+from calopsctl.lifecycle import FolderPointer, ServingPointer, Verdict
+from calopsctl.runs import RunFolders
+from calopsctl.scripts import ScriptConfig, ScriptError
+from calopsctl.tracking import LoggedRun, RunRecord, Tracker, TrackingTarget
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from calapi.model.config import OutputsConfig
 
 Report = Callable[[str], None]
 TrackerFactory = Callable[[TrackingTarget], Tracker]
 
-STDERR_TAIL_LINES = 5
 INPUT_EXAMPLE_ROWS = 5
 HOLDOUT = "holdout"
+BUILTIN = "calapi.model.train"
+LOG_FILE = "train.log"
+PROJECT_CONFIG = "config.yaml"
 
-
-class ScriptError(CalopsError):
-    """A user's training script failed or did not write what config.yaml says."""
+__all__ = ["ScriptError", "TrainOptions", "TrainSummary", "train_and_track"]
 
 
 @dataclass(frozen=True)
@@ -49,34 +68,36 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class Plan:
+    """The run as it will actually happen, checked before anything is created."""
+
+    config_path: Path | None  # the file logged as config.yaml (None: a script with no config)
+    model_name: str
+    alias: str
+    outputs: Path  # absolute outputs folder: runs/ and the local pointer live here
+    params: dict[str, Any]  # the config as written, with the command line's overrides
+    config: TrainConfig | None = None  # the built-in trainer's config, paths made absolute
+    script: ScriptConfig | None = None
+
+
+@dataclass(frozen=True)
 class Produced:
-    """What a trainer left in the outputs folder, read back from disk."""
+    """What a trainer left in the run folder, read back from disk."""
 
     model_path: Path
     metrics_path: Path
     card_path: Path
+    log_path: Path
     metrics: dict[str, Any]
-    card: dict[str, Any]
-
-    @property
-    def data_source(self) -> str:
-        return str(self.card.get("data", {}).get("source", "unknown"))
-
-    @property
-    def synthetic(self) -> bool:
-        return bool(self.card.get("data", {}).get("synthetic", self.data_source == "synthetic"))
+    params: dict[str, Any]
+    data_source: str
+    synthetic: bool
+    trainer: str
+    evaluation: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def evaluated_on(self) -> str:
         return str(self.metrics.get("evaluated_on", HOLDOUT))
-
-
-@dataclass(frozen=True)
-class AliasDecision:
-    """Whether the alias moves to the new version, and the reason in words."""
-
-    move: bool
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -90,132 +111,273 @@ class TrainSummary:
     model_name: str
     model_version: str
     model_uri: str
-    alias: str
-    alias_moved: bool
-    alias_reason: str
+    serving_pointer: str
+    promoted: bool
+    promotion_reason: str
+    champion: str | None
     metrics: dict[str, float]
     evaluated_on: str
-    artifacts_dir: str
+    run_folder: str
     run_artifacts: str
     data_source: str
     synthetic: bool
     trainer: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    log: str
+    compared: dict[str, Any] = field(default_factory=dict)
 
 
 def train_and_track(
     options: TrainOptions,
     *,
     home: Path,
+    base: Path | None = None,
     report: Report = lambda _message: None,
+    echo: Report | None = None,
     tracker_factory: TrackerFactory | None = None,
 ) -> TrainSummary:
-    """Train (built-in or ``options.script``), log the run to MLflow, move the alias if earned.
+    """Train into a new run folder, log and register it, and move the pointer if it earns it.
 
-    ``home`` is the state folder: its stack's MLflow, else its SQLite store, when no
-    ``options.tracking`` is given.
+    ``home`` is the state folder (its stack's MLflow, else its SQLite store, when no
+    ``options.tracking`` is given); ``base`` the folder relative config paths are read from
+    (the project folder; default the working folder); ``echo`` shows a script's output lines.
     """
-    config_path = options.config_path or default_config_path()
-    config = _effective_config(load_config(config_path), options)
+    plan = make_plan(options, base or Path.cwd())
     target = tracking.resolve_target(options.tracking, home=home)
     report(f"Tracking to {target.uri} ({target.origin}).")
     tracking.check_reachable(target)
     tracker = (tracker_factory or tracking.MlflowTracker)(target)
-    current = tracker.aliased(config.model.name, config.model.alias)
-    produced = _train(config, options, report)
-    report("Logging the run and registering the model.")
-    logged = tracker.log_run(_record(config, config_path, produced, options))
-    decision = decide_alias(
-        _comparable_rmsle(produced), current, force=options.promote, alias=config.model.alias
-    )
-    if decision.move:
-        tracker.set_alias(config.model.name, config.model.alias, logged.model_version)
+    pointer = choose_pointer(target, tracker, plan)
+    report(f"What serves: {pointer.where}.")
+    if isinstance(pointer, FolderPointer) and (adopted := pointer.adopt_legacy()):
+        report(f"Moved the model served from {plan.outputs} into {adopted} (now {pointer.where}).")
+    champion = pointer.champion()
+    folders = RunFolders(plan.outputs)
+    staging = folders.staging()
+    try:
+        produced = _train(plan, options, staging, report, echo or report)
+        report("Logging the run and registering the model.")
+        logged = tracker.log_run(_record(plan, produced, options))
+        folder = folders.finish(staging, _run_info(plan, produced, logged, target, options))
+    except BaseException:
+        folders.discard(staging, keep=(LOG_FILE,))
+        raise
+    verdict = _judge(
+        pointer, champion, plan=plan, produced=produced, folder=folder, logged=logged,
+        force=options.promote,
+    )  # fmt: skip
+    if verdict.move:
+        lifecycle.move_to(
+            pointer, lifecycle.find_run(pointer, logged.run_id), verdict.how, verdict.reason
+        )
     return _summary(
-        config, options, target=target, produced=produced, logged=logged, decision=decision
+        plan, options, target=target, produced=produced, logged=logged, folder=folder,
+        pointer=pointer, champion=champion, verdict=verdict,
+    )  # fmt: skip
+
+
+# -- the plan: everything checked before a store exists -------------------------------------------
+
+
+def make_plan(options: TrainOptions, base: Path) -> Plan:
+    """Read and check the config, data and script; relative paths in a config are from ``base``."""
+    if options.script is not None:
+        return _script_plan(options, base)
+    config_path = options.config_path or project_config(base) or packaged_config_path()
+    written = load_config(config_path)
+    from calapi.model.pipeline import check_model_config  # scikit-learn: only when training
+
+    check_model_config(written.model)
+    source = options.data if options.data is not None else written.data.source
+    # What the run uses, as the user wrote it (logged as params) and with absolute paths.
+    stated = written.model_copy(
+        update={
+            "data": written.data.model_copy(update={"source": source}),
+            "holdout": written.holdout.model_copy(
+                update={"enabled": written.holdout.enabled and options.holdout}
+            ),
+        }
+    )
+    outputs = _absolute(written.outputs.dir, base)
+    config = stated.model_copy(
+        update={
+            "data": stated.data.model_copy(
+                update={"source": _data_path(source, base, options.data)}
+            ),
+            "outputs": stated.outputs.model_copy(update={"dir": outputs}),
+        }
+    )
+    params = flatten(stated.model_dump(mode="json"))
+    return Plan(config_path, config.model.name, config.model.alias, outputs, params, config=config)
+
+
+def _script_plan(options: TrainOptions, base: Path) -> Plan:
+    from calopsctl.scripts import script_config
+
+    if options.data is not None or not options.holdout:
+        raise ConfigError(
+            "--data and --no-holdout drive the built-in trainer; with --script, pass your "
+            "script's own arguments after `--`."
+        )
+    if not options.script or not options.script.is_file():
+        raise ScriptError(f"Training script {options.script} does not exist; pass --script PATH.")
+    found = script_config(options.script_args, options.config_path, cwd=Path.cwd())
+    name, alias = _names(found.params)
+    outputs = found.model_path.parent.resolve()
+    return Plan(found.path, name, alias, outputs, found.params, script=found)
+
+
+def project_config(base: Path) -> Path | None:
+    """The project's ``config.yaml`` (in ``base``), else None for the packaged default."""
+    local = base / PROJECT_CONFIG
+    return local if local.is_file() else None
+
+
+def _data_path(source: str, base: Path, given: str | None) -> str:
+    """``synthetic``, or an existing file: from the command line, relative to the working
+    folder; from the config, relative to the project folder."""
+    if source == "synthetic":
+        return source
+    path = Path(source).expanduser()
+    path = path.resolve() if given is not None else _absolute(path, base)
+    if not path.is_file():
+        raise ConfigError(
+            f"Training data {path} does not exist; fix data.source in the config or pass --data."
+        )
+    return str(path)
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _names(params: Mapping[str, Any]) -> tuple[str, str]:
+    """The registered name and alias a script's config asks for, else calops's defaults."""
+    defaults = TrainConfig().model
+    name, alias = params.get("model.name"), params.get("model.alias")
+    return (
+        name if isinstance(name, str) and name else defaults.name,
+        alias if isinstance(alias, str) and alias else defaults.alias,
     )
 
 
-def _effective_config(config: TrainConfig, options: TrainOptions) -> TrainConfig:
-    """The config as it will actually run, so the logged params tell the truth."""
-    if options.script is not None:
-        if options.data is not None or not options.holdout:
-            raise ConfigError(
-                "--data and --no-holdout drive the built-in trainer; with --script, pass your "
-                "script's own arguments after `--`."
-            )
-        return config
-    update: dict[str, Any] = {}
-    if options.data is not None:
-        update["data"] = config.data.model_copy(update={"source": options.data})
-    if not options.holdout:
-        update["holdout"] = config.holdout.model_copy(update={"enabled": False})
-    return config.model_copy(update=update)
+def serving_names(config_path: Path | None, base: Path) -> tuple[str, str, Path]:
+    """Model name, alias and absolute outputs folder from a config, read leniently.
+
+    ``calops promote`` and ``calops models`` need only these three, and must work with a
+    hand-out config that calops's own trainer would not accept.
+    """
+    path = config_path or project_config(base)
+    flat = flatten(read_yaml(path)) if path is not None else {}
+    name, alias = _names(flat)
+    outputs = flat.get("outputs.dir")
+    folder = Path(outputs) if isinstance(outputs, str) and outputs else TrainConfig().outputs.dir
+    return name, alias, _absolute(folder, base)
 
 
-# -- training -----------------------------------------------------------------------------------
+# -- which pointer decides ----------------------------------------------------------------------
 
 
-def _train(config: TrainConfig, options: TrainOptions, report: Report) -> Produced:
-    if options.script is None:
-        return run_builtin(config, report)
-    return run_script(options.script, options.script_args, config, report)
+def choose_pointer(target: TrackingTarget, tracker: Tracker, plan: Plan) -> ServingPointer:
+    """The serving pointer this run answers to.
+
+    A stack serving a folder: that folder's ``current``. No tracking server and nobody chose a
+    store: the outputs folder's ``current`` (what ``calops serve`` serves). Otherwise the
+    registry alias, which the stack's API follows.
+    """
+    return pointer_for(target, tracker, plan.model_name, plan.alias, plan.outputs)
 
 
-def run_builtin(config: TrainConfig, report: Report) -> Produced:
-    """Fit with calapi's trainer and read back what it wrote."""
+def pointer_for(
+    target: TrackingTarget, tracker: Tracker | None, model_name: str, alias: str, outputs: Path
+) -> ServingPointer:
+    if target.serves is not None and not target.serves.startswith("models:/"):
+        return FolderPointer(Path(target.serves), model_name)
+    if target.local_default or tracker is None:
+        return FolderPointer(outputs, model_name)
+    return lifecycle.AliasPointer(tracker, model_name, alias, target.uri)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def _train(plan: Plan, options: TrainOptions, into: Path, report: Report, echo: Report) -> Produced:
+    if plan.script is not None and options.script is not None:
+        return run_script(
+            options.script, options.script_args, plan.script, into=into, echo=echo, report=report
+        )
+    assert plan.config is not None  # noqa: S101 - a plan without a script has a config
+    return run_builtin(plan.config, plan.params, into, report)
+
+
+def run_builtin(
+    config: TrainConfig, params: dict[str, Any], into: Path, report: Report
+) -> Produced:
+    """Fit with calapi's trainer into ``into``, keeping its progress lines in train.log."""
     from calapi.model.train import run
 
-    result = run(config, progress=report)
-    return _read_outputs(Path(result.model_path), Path(result.metrics_path), Path(result.card_path))
+    log_path = into / LOG_FILE
+    with log_path.open("w", encoding="utf-8") as log:
 
+        def progress(message: str) -> None:
+            log.write(f"{message}\n")
+            log.flush()
+            report(message)
 
-def run_script(script: Path, args: Sequence[str], config: TrainConfig, report: Report) -> Produced:
-    """Run a user's ``train.py`` as it is; accept only outputs it wrote during this run."""
-    if not script.is_file():
-        raise ScriptError(f"Training script {script} does not exist; pass --script PATH.")
-    outputs = config.outputs
-    before = {path: _stamp(path) for path in (outputs.model_path, outputs.metrics_path)}
-    card_before = _stamp(outputs.card_path)
-    report(f"Running {script} with {Path(sys.executable).name}.")
-    completed = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, check=False
+        result = run(_into(config, into), progress=progress)
+    return Produced(
+        model_path=Path(result.model_path),
+        metrics_path=Path(result.metrics_path),
+        card_path=Path(result.card_path),
+        log_path=log_path,
+        metrics=result.metrics,
+        params=params,
+        data_source=str(result.card["data"]["source"]),
+        synthetic=bool(result.card["data"]["synthetic"]),
+        trainer=BUILTIN,
+        evaluation=result.evaluation,
     )
-    if completed.returncode != 0:
-        raise ScriptError(_script_failure(script, completed.returncode, completed.stderr))
-    for path, stamp in before.items():
-        if _stamp(path) in (None, stamp):
-            raise ScriptError(
-                f"{script} exited 0 but did not write {path} (config.yaml outputs); make it write "
-                "the model and metrics.json where config.yaml says."
-            )
-    if _stamp(outputs.card_path) in (None, card_before):
-        write_card(config, _read_metrics(outputs.metrics_path))
-    return _read_outputs(outputs.model_path, outputs.metrics_path, outputs.card_path)
 
 
-def _stamp(path: Path) -> int | None:
-    """Modification time in ns, or None when the file is absent: enough to tell fresh files."""
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
+def _into(config: TrainConfig, folder: Path) -> TrainConfig:
+    outputs: OutputsConfig = config.outputs.model_copy(update={"dir": folder})
+    return config.model_copy(update={"outputs": outputs})
 
 
-def _script_failure(script: Path, code: int, stderr: str) -> str:
-    tail = [line for line in stderr.strip().splitlines() if line.strip()][-STDERR_TAIL_LINES:]
-    said = " | ".join(line.strip() for line in tail) or "no output on stderr"
-    return f"{script} failed with exit code {code}; nothing was logged. Its stderr ended: {said}"
+def run_script(
+    script: Path,
+    args: tuple[str, ...],
+    config: ScriptConfig,
+    *,
+    into: Path,
+    echo: Report,
+    report: Report,
+) -> Produced:
+    """Run a user's ``train.py`` as it is, showing its output; log what it really did."""
+    from calopsctl.scripts import run_script as run
+    from calopsctl.scripts import write_script_card
 
-
-def _read_outputs(model_path: Path, metrics_path: Path, card_path: Path) -> Produced:
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"Model card {card_path} could not be read ({exc}).") from None
-    return Produced(model_path, metrics_path, card_path, _read_metrics(metrics_path), card)
+    report(f"Running {script} with {Path(sys.executable).name}; its output follows.")
+    ran = run(script, args, config, into=into, echo=echo)
+    metrics = _read_metrics(ran.metrics_path)
+    card_path = ran.card_path or write_script_card(
+        ran, model_name=_names(config.params)[0], metrics=metrics
+    )
+    return Produced(
+        model_path=ran.model_path,
+        metrics_path=ran.metrics_path,
+        card_path=card_path,
+        log_path=ran.log_path,
+        metrics=metrics,
+        params=ran.params,
+        data_source=ran.data_source,
+        synthetic=ran.synthetic,
+        trainer=str(script),
+    )
 
 
 def _read_metrics(path: Path) -> dict[str, Any]:
+    import json
+
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -225,45 +387,24 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
-# -- the model card for scripts that write none ---------------------------------------------------
+# -- what gets logged -----------------------------------------------------------------------------
 
 
-def write_card(config: TrainConfig, metrics: Mapping[str, Any]) -> Path:
-    """Describe a script's model with what can be known without its training data."""
-    from calapi.model.artifact import file_sha256
-    from calapi.model.card import CardFacts, build_card, save_card
-
-    model_path = config.outputs.model_path
-    facts = CardFacts(
-        name=config.model.name,
-        model_file=model_path.name,
-        sha256=file_sha256(model_path),
-        created=datetime.fromtimestamp(model_path.stat().st_mtime, UTC),
-        metrics=metrics,
-        data={"source": config.data.source, "synthetic": config.data.source == "synthetic"},
-        holdout={"enabled": metrics.get("evaluated_on", HOLDOUT) == HOLDOUT},
-        written_by="calops train --script (the script wrote no model card)",
-    )
-    save_card(config.outputs.card_path, build_card(facts))
-    return config.outputs.card_path
-
-
-# -- what gets logged ----------------------------------------------------------------------------
-
-
-def _record(
-    config: TrainConfig, config_path: Path, produced: Produced, options: TrainOptions
-) -> RunRecord:
+def _record(plan: Plan, produced: Produced, options: TrainOptions) -> RunRecord:
+    artifacts = [produced.model_path, produced.metrics_path, produced.card_path]
+    if plan.config_path is not None:
+        artifacts.insert(1, plan.config_path)
+    artifacts.append(produced.log_path)
     return RunRecord(
         experiment=options.experiment,
         run_name=None,
-        model_name=config.model.name,
-        params=flatten(config.model_dump(mode="json")),
+        model_name=plan.model_name,
+        params=produced.params,
         metrics=numeric_metrics(produced.metrics),
-        tags=_tags(produced, options),
-        artifacts=(produced.model_path, config_path, produced.metrics_path, produced.card_path),
+        tags=_tags(produced),
+        artifacts=tuple(artifacts),
         model=_load_model(produced.model_path),
-        input_example=_input_example(config),
+        input_example=_input_example(plan),
         pip_requirements=_pip_requirements(),
     )
 
@@ -277,12 +418,15 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def _tags(produced: Produced, options: TrainOptions) -> dict[str, str]:
+def _tags(produced: Produced) -> dict[str, str]:
+    from calapi.model.artifact import file_sha256
+
     tags = {
         tracking.TAG_DATA_SOURCE: produced.data_source,
         tracking.TAG_SYNTHETIC: str(produced.synthetic).lower(),
         tracking.TAG_EVALUATED_ON: produced.evaluated_on,
-        tracking.TAG_TRAINER: str(options.script) if options.script else "calapi.model.train",
+        tracking.TAG_TRAINER: produced.trainer,
+        tracking.TAG_MODEL_SHA256: file_sha256(produced.model_path),
     }
     commit = git_commit()
     if commit:
@@ -317,12 +461,13 @@ def _load_model(path: Path) -> Any:
     return load_model(path)
 
 
-def _input_example(config: TrainConfig) -> Any:
+def _input_example(plan: Plan) -> Any:
     """A few raw rows as the API receives them (Sex as strings), to record the signature."""
     from calapi.model.features import FEATURES
     from calapi.model.synthetic import generate
 
-    rows = generate(INPUT_EXAMPLE_ROWS, seed=config.data.synthetic_seed)
+    seed = plan.config.data.synthetic_seed if plan.config else 0
+    rows = generate(INPUT_EXAMPLE_ROWS, seed=seed)
     return rows[list(FEATURES)]
 
 
@@ -335,69 +480,104 @@ def _pip_requirements() -> list[str]:
     return [f"{name}=={found[name]}" for name in required if found[name]]
 
 
-# -- the alias -----------------------------------------------------------------------------------
+def _run_info(
+    plan: Plan, produced: Produced, logged: LoggedRun, target: TrackingTarget, options: TrainOptions
+) -> RunInfo:
+    from datetime import UTC, datetime
+
+    from calapi.model.artifact import file_sha256
+
+    rmsle = produced.metrics.get("rmsle")
+    return RunInfo(
+        run_id=logged.run_id,
+        model_name=plan.model_name,
+        version=logged.model_version,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        data_source=produced.data_source,
+        synthetic=produced.synthetic,
+        evaluated_on=produced.evaluated_on,
+        rmsle=float(rmsle) if isinstance(rmsle, int | float) else None,
+        trainer=produced.trainer,
+        sha256=file_sha256(produced.model_path),
+        model_file=produced.model_path.name,
+        tracking_uri=target.uri,
+        experiment=options.experiment,
+    )
 
 
-def _comparable_rmsle(produced: Produced) -> float | None:
-    """The new RMSLE when it was measured on a holdout, else None (not comparable)."""
+# -- the gate -------------------------------------------------------------------------------------
+
+
+def _judge(
+    pointer: ServingPointer,
+    champion: lifecycle.Candidate | None,
+    *,
+    plan: Plan,
+    produced: Produced,
+    folder: Path,
+    logged: LoggedRun,
+    force: bool,
+) -> Verdict:
+    from calapi.serving.sources import LocalSource
+
     if produced.evaluated_on != HOLDOUT:
-        return None
-    value = produced.metrics.get("rmsle")
-    return float(value) if isinstance(value, int | float) else None
-
-
-def decide_alias(
-    new_rmsle: float | None, current: AliasedVersion | None, *, force: bool, alias: str
-) -> AliasDecision:
-    """Move the alias only to a version at least as good on holdout, unless forced."""
-    if force:
-        return AliasDecision(True, "forced with --promote")
-    if current is None:
-        return AliasDecision(True, f"no version had alias {alias!r} yet")
-    held = f"version {current.version}"
-    if new_rmsle is None or math.isnan(new_rmsle):
-        return AliasDecision(
-            False,
-            f"this run has no holdout RMSLE to compare with {held}; --promote forces it",
+        why = "this run has no holdout (--no-holdout): nothing to score both models on"
+    elif plan.script is not None:
+        why = (
+            "a --script run's holdout is its own, so calops cannot score the champion on the "
+            "same rows; compare them with `calops models`"
         )
-    if current.rmsle is None or current.evaluated_on != HOLDOUT:
-        return AliasDecision(True, f"{held} has no holdout RMSLE to compare with")
-    if new_rmsle <= current.rmsle:
-        return AliasDecision(
-            True, f"holdout RMSLE {new_rmsle:.5f} is no worse than {current.rmsle:.5f} ({held})"
-        )
-    return AliasDecision(
-        False,
-        f"holdout RMSLE {new_rmsle:.5f} is worse than {current.rmsle:.5f} ({held}); "
-        "--promote forces it",
+    else:
+        why = "this run has no holdout rows to score both models on"
+    return lifecycle.gate(
+        pointer,
+        champion,
+        key=logged.model_version,
+        challenger=lambda: LocalSource(folder / produced.model_path.name).load(),
+        evaluation=produced.evaluation if plan.script is None else None,
+        no_evaluation=why,
+        force=force,
     )
 
 
 def _summary(
-    config: TrainConfig,
+    plan: Plan,
     options: TrainOptions,
     *,
     target: TrackingTarget,
     produced: Produced,
     logged: LoggedRun,
-    decision: AliasDecision,
+    folder: Path,
+    pointer: ServingPointer,
+    champion: lifecycle.Candidate | None,
+    verdict: Verdict,
 ) -> TrainSummary:
+    compared: dict[str, Any] = {}
+    if verdict.rows:
+        compared = {
+            "rows": verdict.rows,
+            "rmsle": verdict.challenger_rmsle,
+            "champion_rmsle": verdict.champion_rmsle,
+        }
     return TrainSummary(
         run_id=logged.run_id,
         experiment=options.experiment,
         tracking_uri=target.uri,
         tracking_origin=target.origin,
-        model_name=config.model.name,
+        model_name=plan.model_name,
         model_version=logged.model_version,
         model_uri=logged.model_uri,
-        alias=config.model.alias,
-        alias_moved=decision.move,
-        alias_reason=decision.reason,
+        serving_pointer=pointer.where,
+        promoted=verdict.move,
+        promotion_reason=verdict.reason,
+        champion=champion.key if champion else None,
         metrics=numeric_metrics(produced.metrics),
         evaluated_on=produced.evaluated_on,
-        artifacts_dir=str(produced.model_path.parent.resolve()),
+        run_folder=str(folder),
         run_artifacts=logged.artifact_uri,
         data_source=produced.data_source,
         synthetic=produced.synthetic,
-        trainer=str(options.script) if options.script else "calapi.model.train",
+        trainer=produced.trainer,
+        log=str(folder / produced.log_path.name),
+        compared=compared,
     )

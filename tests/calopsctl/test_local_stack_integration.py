@@ -79,10 +79,9 @@ def _small_config(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, trained_model_dir: Path) -> Iterator[Stack]:
-    """One real local stack for the whole module, serving the tiny trained model."""
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One real local stack for the whole module; `up` registers the tiny configured model."""
     folder = tmp_path_factory.mktemp("stack")
-    shutil.copytree(trained_model_dir, folder / "artifacts")
     _small_config(folder)
     unset = {"MLFLOW_TRACKING_URI", "GRAFANA_ADMIN_PASSWORD", *(s.port_env for s in SERVICES)}
     env = {k: v for k, v in os.environ.items() if k not in unset}
@@ -128,12 +127,21 @@ def test_health_table_in_plain_lines(stack: Stack) -> None:
 
 
 def test_info_json_shows_the_served_model(stack: Stack) -> None:
-    """info --json carries the API's model (its sha256 matches the card) and the stack."""
+    """info --json: the API serves the champion `up` registered (its run folder is local too)."""
     result = stack.calops("info", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    card = json.loads((stack.folder / "artifacts" / "model_card.json").read_text())
-    assert data["model"]["sha256"] == card["sha256"]
+    model = data["model"]
+    assert (model["source"], model["version"], model["alias"]) == (
+        "models:/calories@champion",
+        "calories/1",
+        "champion",
+    )
+    run = json.loads(
+        (stack.folder / "artifacts" / "runs" / model["run_id"] / "run.json").read_text()
+    )
+    assert run["version"] == "1"
+    assert "First start: no version of model 'calories' holds alias 'champion'" in stack.up.stderr
     assert data["runtime"] == "local"
     assert data["tracking_uri"] == f"http://127.0.0.1:{stack.ports['mlflow']}"
     assert data["logs"] == str(stack.folder / ".calops" / "logs")

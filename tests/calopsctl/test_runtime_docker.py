@@ -165,15 +165,26 @@ def test_up_rebuilds_recreates_and_waits(tmp_path: Path) -> None:
     compose = FakeCompose(ALL)
     runtime, _ = _runtime(tmp_path, compose)
     saved: list[StackState] = []
-    runtime.up(_spec(tmp_path), _state(), saved.append)
+    runtime.up(_spec(tmp_path), _state(), saved.append, ["api", "prometheus"])
     name, kwargs = compose.calls[-1]
     assert name == "up"
+    assert kwargs["services"] == ["api", "prometheus"]
+    assert kwargs["dependencies"] is False
     assert kwargs["build"] is True
     assert kwargs["force_recreate"] is True
     assert kwargs["detach"] is True
     assert kwargs["wait"] is True
     assert kwargs["wait_timeout"] == 90
     assert saved, "the state is recorded before anything starts"
+
+
+def test_a_step_without_the_api_builds_nothing(tmp_path: Path) -> None:
+    """The first step starts MLflow alone: no image build for a service it does not start."""
+    compose = FakeCompose(ALL)
+    runtime, _ = _runtime(tmp_path, compose)
+    runtime.up(_spec(tmp_path), _state(), lambda state: None, ["mlflow"])
+    name, kwargs = compose.calls[-1]
+    assert (name, kwargs["services"], kwargs["build"]) == ("up", ["mlflow"], False)
 
 
 def test_unhealthy_service_is_named_with_its_log_tail(tmp_path: Path) -> None:
@@ -184,7 +195,7 @@ def test_unhealthy_service_is_named_with_its_log_tail(tmp_path: Path) -> None:
     compose.up_error = DockerException(["docker", "compose", "up"], 1, b"", b"dependency failed")
     runtime, _ = _runtime(tmp_path, compose)
     with pytest.raises(CalopsError, match="Service api did not become healthy") as caught:
-        runtime.up(_spec(tmp_path), _state(), lambda state: None)
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ALL)
     assert "line two" in str(caught.value)
     logs_call = [kw for name, kw in compose.calls if name == "logs"][-1]
     assert logs_call["services"] == ["api"]
@@ -195,7 +206,7 @@ def test_build_without_checkout_says_so(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(docker_module, "source_root", lambda: None)
     runtime, _ = _runtime(tmp_path, FakeCompose(ALL))
     with pytest.raises(CalopsError, match="source checkout"):
-        runtime.up(_spec(tmp_path), _state(), lambda state: None)
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ALL)
 
 
 def test_down_removes_project_volumes_and_env_file(tmp_path: Path) -> None:

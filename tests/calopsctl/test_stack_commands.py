@@ -6,7 +6,7 @@ import json
 import shutil
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,8 @@ class RecordingRuntime(Runtime):
 
     def __init__(self, services: list[str] | None = None) -> None:
         self.services = services or list(NAMES)
-        self.started: list[StackSpec] = []
+        self.started: list[StackSpec] = []  # one per stack brought up
+        self.events: list[str] = []  # "up mlflow", "prepare models:/...", "up api,..." in order
         self.stopped = 0
         self.running: dict[str, bool] = {}
 
@@ -42,10 +43,14 @@ class RecordingRuntime(Runtime):
         absent = {s: "not installed" for s in NAMES if s not in self.services}
         return Availability(services=list(self.services), absent=absent)
 
-    def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
-        self.started.append(spec)
-        state.pids = dict.fromkeys(state.services, 1)
-        self.running = dict.fromkeys(state.services, True)
+    def up(
+        self, spec: StackSpec, state: StackState, save: SaveState, services: Sequence[str]
+    ) -> None:
+        if not state.pids:
+            self.started.append(spec)
+        self.events.append(f"up {','.join(services)}")
+        state.pids.update(dict.fromkeys(services, 1))
+        self.running.update(dict.fromkeys(services, True))
         save(state)
 
     def down(self, state: StackState, *, volumes: bool) -> list[str]:
@@ -74,6 +79,13 @@ def fake_runtime(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Record
         stackops, "select_runtime", lambda choice, settings: Selection(runtime, "test")
     )
     monkeypatch.setattr(stackops, "runtime_named", lambda name, settings: runtime)
+
+    def prepare_model(state: StackState, *args: object, **kwargs: object) -> None:
+        # The real step waits for MLflow and registers a model: tested with real processes
+        # in test_local_stack_integration.py and test_lifecycle_integration.py.
+        runtime.events.append(f"prepare {state.extra['model']}")
+
+    monkeypatch.setattr(stackops, "prepare_model", prepare_model)
     monkeypatch.delenv("GRAFANA_ADMIN_PASSWORD", raising=False)
     return runtime
 
@@ -167,6 +179,27 @@ def test_port_out_of_range_is_a_usage_error(fake_runtime: RecordingRuntime) -> N
     assert fake_runtime.started == []
 
 
+@pytest.mark.parametrize(
+    "argv", [["health"], ["info", "--json"], ["logs"], ["down"], ["up", "--no-wait"]]
+)
+def test_every_stack_command_first_names_its_stack(
+    fake_runtime: RecordingRuntime, home: Path, argv: list[str]
+) -> None:
+    """The first stderr line says which stack folder the command uses, before anything else."""
+    result = runner.invoke(app, [*argv, "--host-port", "1"] if argv[0] == "up" else argv)
+    assert result.stderr.splitlines()[0] == f"Stack: {home} (CALOPS_HOME)."
+
+
+def test_json_output_stays_pure_json(fake_runtime: RecordingRuntime, home: Path) -> None:
+    """With --json the stack line goes to stderr and stdout parses as JSON."""
+    ports = {name: free_port() for name in NAMES}
+    save_state(home, StackState(runtime="local", ports=ports))
+    result = runner.invoke(app, ["health", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["healthy"] is False
+    assert result.stderr.startswith(f"Stack: {home} (CALOPS_HOME).\n")
+
+
 def test_commands_read_the_settings_on_the_context(
     fake_runtime: RecordingRuntime, tmp_path: Path
 ) -> None:
@@ -178,10 +211,37 @@ def test_commands_read_the_settings_on_the_context(
     assert f"no stack is recorded in {tmp_path / 'elsewhere'}" in result.stderr
 
 
-def test_up_without_model_trains_first(
-    fake_runtime: RecordingRuntime, ports: list[str], isolated_home: Path
+def test_up_starts_mlflow_then_prepares_the_model_then_the_rest(
+    fake_runtime: RecordingRuntime, ports: list[str]
 ) -> None:
-    """With no model in the artifacts folder, up says so, trains one, then starts the stack."""
+    """The API serves the registry alias: MLflow starts first, the champion is ensured, then
+    the API and the rest start."""
+    result = runner.invoke(app, ["up", *ports, "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert fake_runtime.events == [
+        "up mlflow",
+        "prepare models:/calories@champion",
+        "up api,prometheus,grafana",
+    ]
+    assert fake_runtime.started[0].model == "models:/calories@champion"
+
+
+def test_up_with_a_registry_model_needs_mlflow(
+    fake_runtime: RecordingRuntime, ports: list[str]
+) -> None:
+    """A stack without MLflow cannot serve models:/...: one sentence, nothing started."""
+    fake_runtime.services = ["api", "prometheus"]
+    result = runner.invoke(app, ["up", *ports, "--no-wait"])
+    assert result.exit_code == 1
+    assert "has no MLflow server; pass --model with an artifacts folder" in result.stderr
+    assert fake_runtime.events == []
+
+
+def test_first_start_on_a_folder_trains_into_its_runs(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack serving a folder with no model: the configured model is trained into a run
+    folder and `current` points at it (no MLflow: the home's local store)."""
     config = isolated_home / "small.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -192,11 +252,19 @@ def test_up_without_model_trains_first(
             }
         )
     )
-    result = runner.invoke(app, ["up", *ports, "--no-wait", "--config", str(config)])
-    assert result.exit_code == 0, result.output
-    assert "No model found in trained/; training the default model first" in result.stderr
-    assert (isolated_home / "trained" / "model.joblib").is_file()
-    assert fake_runtime.started[0].model == str(isolated_home / "trained")
+    said: list[str] = []
+    folder = isolated_home / "trained"
+    stackops.ensure_champion(str(folder), config, CliSettings(), said.append)
+    assert said[0] == (
+        f"First start: {folder} has no model to serve; training the configured model first "
+        "(about a minute)."
+    )
+    served = (folder / "current").resolve()
+    assert served.parent == folder / "runs"
+    assert json.loads((served / "run.json").read_text())["version"] == "1"
+    said.clear()
+    stackops.ensure_champion(str(folder), config, CliSettings(), said.append)
+    assert said == [], "a folder that has a model is left alone"
 
 
 def test_up_ends_with_services_urls_and_credentials(
@@ -357,8 +425,9 @@ def test_docker_asked_for_without_engine(
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     result = runner.invoke(app, ["up", "--runtime", "docker", *ports])
     assert result.exit_code == 1
-    assert result.stderr.strip() == (
+    assert result.stderr.splitlines() == [
+        f"Stack: {home} (CALOPS_HOME).",
         "Error: Docker was asked for but no engine answers at unix:///nonexistent/docker.sock; "
-        "start Docker or use --runtime local."
-    )
+        "start Docker or use --runtime local.",
+    ]
     assert load_state(home) is None

@@ -56,7 +56,8 @@ def test_default_is_local_sqlite_under_the_home_given(tmp_path: Path) -> None:
     target = tracking.resolve_target(None, home=home)
     assert target.uri == f"sqlite:///{home / 'mlflow.db'}"
     assert target.artifact_root == home / "mlartifacts"
-    assert target.origin == "local SQLite store"
+    assert target.origin == f"no stack runs from {home}: its local SQLite store"
+    assert target.local_default
 
 
 def test_a_recorded_stack_that_does_not_answer_is_skipped(home: Path) -> None:

@@ -24,7 +24,7 @@ from support import free_port, running
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-LOGGED_FILES = {"model.joblib", "config.yaml", "metrics.json", "model_card.json"}
+LOGGED_FILES = {"model.joblib", "config.yaml", "metrics.json", "model_card.json", "train.log"}
 NAME, ALIAS = "calories", "champion"
 
 
@@ -95,7 +95,10 @@ def assert_logged(uri: str, summary: dict[str, Any], config: TrainConfig, folder
     run = mlflow.get_run(summary["run_id"])
     expected = flatten(config.model_dump(mode="json"))
     assert run.data.params == {key: str(value) for key, value in expected.items()}
-    metrics = json.loads((folder / "artifacts" / "metrics.json").read_text())
+    run_folder = Path(summary["run_folder"])
+    assert run_folder.parent == folder / "artifacts" / "runs"
+    assert run_folder.name == summary["run_id"]
+    metrics = json.loads((run_folder / "metrics.json").read_text())
     assert run.data.metrics == numeric_metrics(metrics)
     assert run.data.tags["calops.data.synthetic"] == "true"
     assert {item.path for item in mlflow.list_artifacts(run.info.run_id)} >= LOGGED_FILES
@@ -119,18 +122,18 @@ def test_file_store_alias_moves_only_when_no_worse(
     first = succeeded(calops_train(tmp_path, "--tracking", "file:./mlruns"))
     assert first["tracking_uri"] == uri
     assert_logged(uri, first, config, tmp_path)
-    assert first["alias_moved"]
+    assert first["promoted"]
     assert alias_target(uri) == first["model_version"]
 
     worse = project(tmp_path, max_iter=2)
     second = succeeded(calops_train(tmp_path, "--tracking", "file:./mlruns"))
     assert_logged(uri, second, worse, tmp_path)
-    assert not second["alias_moved"]
-    assert "is worse than" in second["alias_reason"]
+    assert not second["promoted"]
+    assert ": worse;" in second["promotion_reason"]
     assert alias_target(uri) == first["model_version"]
 
     forced = succeeded(calops_train(tmp_path, "--tracking", "file:./mlruns", "--promote"))
-    assert forced["alias_moved"]
+    assert forced["promoted"]
     assert alias_target(uri) == forced["model_version"]
 
 
@@ -185,7 +188,7 @@ def test_running_stack_server_is_the_default(mlflow_server: Server, tmp_path: Pa
     project(tmp_path, max_iter=2)
     summary = succeeded(calops_train(tmp_path))
     assert summary["tracking_uri"] == mlflow_server.url
-    assert summary["tracking_origin"] == "the running stack's MLflow server"
+    assert summary["tracking_origin"] == f"the MLflow server of the stack in {home}"
     assert client(mlflow_server.url).get_run(summary["run_id"]).info.status == "FINISHED"
 
 

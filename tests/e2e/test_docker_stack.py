@@ -188,6 +188,25 @@ def test_train_logs_through_the_compose_mlflow(stack: Stack, tmp_path: Path) -> 
     )
 
 
+def test_api_container_follows_promote_and_rollback(stack: Stack) -> None:
+    """The api container serves the registry alias: `promote 1` and `rollback` move what it
+    answers with, without a rebuild or a restart."""
+    trained = json.loads(succeeded(stack.calops("train", "--json")).stdout)
+    newest = trained["model_version"]
+    row = {"Sex": "male", "Age": 30, "Height": 180, "Weight": 80, "Duration": 20,
+           "Heart_Rate": 110, "Body_Temp": 39.5}  # fmt: skip
+    promoted = json.loads(succeeded(stack.calops("promote", "1", "--json")).stdout)
+    assert promoted["api"]["followed"], promoted
+    answer = httpx.post(f"{stack.urls['api']}/predict", json=row, timeout=10).json()
+    assert answer["model_version"] == "calories/1"
+    rolled = json.loads(succeeded(stack.calops("rollback", "--json")).stdout)
+    assert rolled["to"] != "1", rolled
+    assert rolled["api"]["followed"], rolled
+    answer = httpx.post(f"{stack.urls['api']}/predict", json=row, timeout=10).json()
+    assert answer["model_version"] == f"calories/{rolled['to']}"
+    assert int(newest) >= int(rolled["to"])
+
+
 def test_info_shows_the_stack(stack: Stack) -> None:
     """`calops info --json` reports the docker runtime and the URLs of the running services."""
     info = json.loads(succeeded(stack.calops("info", "--json")).stdout)

@@ -1,4 +1,4 @@
-"""Model commands: train."""
+"""Model commands: train, models, promote, rollback."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import typer
 
 from calopsctl import console
 from calopsctl.application import settings
+from calopsctl.paths import project_base
 
 if TYPE_CHECKING:
+    from calopsctl.promotion import Outcome, Where
+    from calopsctl.settings import CliSettings
     from calopsctl.training import TrainSummary
 
 
@@ -69,7 +72,7 @@ def train(
         bool,
         typer.Option(
             "--promote/--no-promote",
-            help="Move the alias to the new version even when its holdout RMSLE is worse.",
+            help="Serve the new version even when it scores worse than the champion.",
         ),
     ] = False,
     experiment: Annotated[
@@ -80,10 +83,13 @@ def train(
         bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")
     ] = False,
 ) -> None:
-    """Train the model, log it to MLflow, register it, and move the alias if it is no worse.
+    """Train into a new run folder, log and register it in MLflow; it serves only if it earns it.
 
-    Logs params (the flattened config), metrics (metrics.json) and artifacts (model,
-    config.yaml, metrics.json, model card); see the README for the alias rule.
+    Never changes what serves by itself: the new version takes the serving pointer (the
+    registry alias, or artifacts/current without a tracking server) only when it is no worse
+    than the champion, both scored on this run's holdout, or with --promote.
+    Logs params, metrics (metrics.json) and artifacts (model, config.yaml, metrics.json,
+    model card, train.log).
 
     [bold]Examples[/]
 
@@ -105,40 +111,65 @@ def train(
         promote=promote,
         experiment=experiment,
     )
-    with _progress() as report:
-        summary = train_and_track(options, home=settings(ctx).home, report=report)
+    cli = _stack_settings(ctx)
+    with _progress() as (report, echo):
+        summary = train_and_track(
+            options, home=cli.home, base=project_base(cli.home_info), report=report, echo=echo
+        )
     _show(summary, json_output=json_output)
 
 
+Say = Callable[[str], None]
+
+
+def _plain(message: str) -> None:
+    console.err.print(message, markup=False, highlight=False)
+
+
 @contextmanager
-def _progress() -> Iterator[Callable[[str], None]]:
-    """A spinner naming the current step on a TTY; plain lines on stderr otherwise."""
+def _progress() -> Iterator[tuple[Say, Say]]:
+    """(report, echo): a spinner naming the step on a TTY, plain lines on stderr otherwise;
+    echo prints a training script's own lines as they come."""
     if not console.interactive():
-        yield console.err.print
+        yield _plain, _plain
         return
     with console.out.status("Starting") as status:
 
         def report(message: str) -> None:
-            console.out.print(f"[dim]• {message}[/]")
+            console.out.print(f"[dim]• {message}[/]", markup=True)
             status.update(message)
 
-        yield report
+        def echo(line: str) -> None:
+            console.out.print(f"  {line}", markup=False, highlight=False)
+
+        yield report, echo
+
+
+def _stack_settings(ctx: typer.Context) -> CliSettings:
+    """The invocation's settings, after the first line naming the stack folder they point at."""
+    from calopsctl.project import describe
+
+    cli = settings(ctx)
+    _plain(describe(cli.home_info))
+    return cli
 
 
 def _rows(summary: TrainSummary) -> list[tuple[str, str]]:
-    moved = "moved" if summary.alias_moved else "not moved"
+    moved = "promoted" if summary.promoted else "not promoted"
     rows = [
         ("run id", summary.run_id),
         ("experiment", summary.experiment),
         ("tracking", f"{summary.tracking_uri} ({summary.tracking_origin})"),
         ("model", f"{summary.model_name} version {summary.model_version}"),
-        ("alias", f"{summary.alias} {moved}: {summary.alias_reason}"),
+        ("serving", f"{moved}: {summary.promotion_reason}"),
+        ("pointer", summary.serving_pointer),
         ("evaluated on", summary.evaluated_on),
     ]
     rows += [(name, f"{value:.6g}") for name, value in summary.metrics.items()]
     rows += [
-        ("data", summary.data_source if summary.synthetic else f"file {summary.data_source}"),
-        ("artifacts", summary.artifacts_dir),
+        ("data", summary.data_source),
+        ("run folder", summary.run_folder),
+        ("log", summary.log),
         ("run artifacts", summary.run_artifacts),
         ("model uri", summary.model_uri),
     ]
@@ -161,3 +192,129 @@ def _show(summary: TrainSummary, *, json_output: bool) -> None:
     for key, value in _rows(summary):
         table.add_row(key, value)
     console.out.print(table)
+
+
+# ---------------------------------------------------------------- models, promote, rollback
+
+_TRACKING = typer.Option(
+    help="MLflow tracking URI holding the registry (default: the running stack's MLflow, "
+    "else the outputs folder's `current` pointer).",
+    envvar="MLFLOW_TRACKING_URI",
+    show_default=False,
+)
+_CONFIG = typer.Option(
+    help="Config naming the model, alias and outputs folder (default: the project's config.yaml).",
+    envvar="CALOPS_CONFIG",
+    show_default=False,
+)
+_URL = typer.Option(
+    help="The API to watch (default: the stack's, else http://127.0.0.1:8000).",
+    envvar="CALOPS_URL",
+    show_default=False,
+)
+_WAIT = typer.Option(help="Seconds to wait for the API to answer with the new version.", min=0)
+_JSON = typer.Option("--json", help="Print the result as JSON.")
+
+
+def _where(ctx: typer.Context, tracking: str | None, config: Path | None, url: str | None) -> Where:
+    from calopsctl.promotion import Where
+
+    cli = _stack_settings(ctx)
+    return Where(cli.home, project_base(cli.home_info), tracking=tracking, config=config, url=url)
+
+
+def models(
+    ctx: typer.Context,
+    *,
+    tracking: Annotated[str | None, _TRACKING] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    url: Annotated[str | None, _URL] = None,
+    json_output: Annotated[bool, _JSON] = False,
+) -> None:
+    """List the model versions (or local runs) and show which one the API answers with.
+
+    Each row: version, created, data source, holdout RMSLE, who put it in service and how,
+    its aliases, and a mark on the one the running API serves right now.
+
+    [bold]Examples[/]
+
+      calops models
+      calops models --json
+      calops models --tracking file:./mlruns
+    """
+    from calopsctl import promotion
+
+    data = promotion.listing(_where(ctx, tracking, config, url), _plain)
+    if json_output:
+        console.print_json(data)
+        return
+    _show_models(data)
+
+
+def promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="The version (or local run) to serve.")],
+    *,
+    tracking: Annotated[str | None, _TRACKING] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    url: Annotated[str | None, _URL] = None,
+    wait: Annotated[float, _WAIT] = 30.0,
+    json_output: Annotated[bool, _JSON] = False,
+) -> None:
+    """Serve VERSION: move the serving pointer to it and wait until the API answers with it.
+
+    An explicit decision: the gate is not asked. `calops rollback` goes back.
+
+    [bold]Examples[/]
+
+      calops promote 3
+      calops promote 3 --wait 0
+      calops promote 3 --url http://127.0.0.1:8010
+    """
+    from calopsctl import promotion
+
+    outcome = promotion.promote(
+        _where(ctx, tracking, config, url), promotion.require_known(version), wait, _plain
+    )
+    _finish(outcome, json_output=json_output)
+
+
+def rollback(
+    ctx: typer.Context,
+    *,
+    tracking: Annotated[str | None, _TRACKING] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    url: Annotated[str | None, _URL] = None,
+    wait: Annotated[float, _WAIT] = 30.0,
+    json_output: Annotated[bool, _JSON] = False,
+) -> None:
+    """Serve the previous champion again, and wait until the API answers with it.
+
+    Each rollback goes one step further back through the champions' history.
+
+    [bold]Examples[/]
+
+      calops rollback
+      calops rollback --json
+    """
+    from calopsctl import promotion
+
+    outcome = promotion.rollback(_where(ctx, tracking, config, url), wait, _plain)
+    _finish(outcome, json_output=json_output)
+
+
+def _finish(outcome: Outcome, *, json_output: bool) -> None:
+    from calopsctl.promotion import verdict
+
+    followed, sentence = verdict(outcome)
+    if json_output:
+        console.print_json(outcome.as_json())
+    _plain(sentence)
+    if not followed:
+        raise typer.Exit(code=1)
+
+
+def _show_models(data: dict[str, object]) -> None:
+    from calopsctl import stackview
+
+    stackview.show_models(data)

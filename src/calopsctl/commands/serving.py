@@ -28,8 +28,8 @@ def serve(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Artifacts folder (or model file), or an MLflow URI like "
-            "models:/calories@champion (uses MLFLOW_TRACKING_URI).",
+            help="Artifacts folder (serves the run its `current` points to), a model file, or "
+            "an MLflow URI like models:/calories@champion (uses MLFLOW_TRACKING_URI).",
             show_default=_default("CALOPS_MODEL"),
         ),
     ] = None,

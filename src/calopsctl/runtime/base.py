@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +16,8 @@ class StackSpec:
     """What `calops up` asks a runtime to start."""
 
     ports: dict[str, int]
-    artifacts: Path  # absolute host folder with model.joblib and its card
-    model: str  # CALOPS_MODEL for the API: the artifacts folder or models:/name@alias
+    artifacts: Path  # absolute host folder of run folders and the `current` pointer
+    model: str  # CALOPS_MODEL for the API: models:/name@alias, or the artifacts folder
     grafana_password: str
     build: bool = True
     wait: bool = True
@@ -48,8 +48,11 @@ class Runtime(ABC):
         """The services this runtime can run here (e.g. no Grafana binary -> absent)."""
 
     @abstractmethod
-    def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
-        """Start the services in ``state.services``; call ``save`` as soon as anything runs."""
+    def up(
+        self, spec: StackSpec, state: StackState, save: SaveState, services: Sequence[str]
+    ) -> None:
+        """Start ``services`` (some of ``state.services``: the stack starts in steps); call
+        ``save`` as soon as anything runs."""
 
     @abstractmethod
     def down(self, state: StackState, *, volumes: bool) -> list[str]:

@@ -107,8 +107,11 @@ class DockerRuntime(Runtime):
         absent = {s: "left out by the compose files" for s in NAMES if s not in defined}
         return Availability(services=services, absent=absent)
 
-    def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
-        if spec.build and source_root() is None:
+    def up(
+        self, spec: StackSpec, state: StackState, save: SaveState, services: Sequence[str]
+    ) -> None:
+        build = spec.build and "api" in services
+        if build and source_root() is None:
             raise CalopsError(
                 "Building the API image needs the calops source checkout; run `calops up` "
                 "from a clone of the repository, or pass --no-build with the image already built."
@@ -116,8 +119,10 @@ class DockerRuntime(Runtime):
         save(state)  # recorded first, so `calops down` can clean up a half-started stack
         try:
             self.client.compose.up(
-                build=spec.build,
+                services=list(services),
+                build=build,
                 force_recreate=True,
+                dependencies=False,  # started in an earlier step, and left running
                 remove_orphans=True,
                 detach=True,
                 wait=spec.wait,

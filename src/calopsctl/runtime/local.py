@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +50,13 @@ class LocalRuntime(Runtime):
         absent = {s.name: s.install_hint for s in SERVICES if s.name not in services}
         return Availability(services=services, absent=absent)
 
-    def up(self, spec: StackSpec, state: StackState, save: SaveState) -> None:
+    def up(
+        self, spec: StackSpec, state: StackState, save: SaveState, services: Sequence[str]
+    ) -> None:
         state.logs = str(self.log_dir)
         for plan in self.plans(spec, state.services):
+            if plan.name not in services:
+                continue
             self.log_path(plan.name).unlink(missing_ok=True)  # a failure shows this run's log
             pid = processes.spawn(plan.argv, env=plan.env, log=self.log_path(plan.name))
             state.pids[plan.name] = pid
