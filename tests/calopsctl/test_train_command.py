@@ -833,3 +833,31 @@ def test_cli_json_summary(
     assert plain.exit_code == 0, plain.stderr
     assert "serving: not promoted: RMSLE" in plain.stdout
     assert f"run folder: {artifacts(isolated_home) / 'runs'}" in plain.stdout
+
+
+def test_cli_from_an_unrelated_folder_says_where_it_logs(
+    tmp_path: Path, fake: FakeTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No .calops here or above while a stack runs elsewhere: the first line names that stack,
+    the next says which new local store this run goes to."""
+    from calopsctl.project import remember_stack
+    from calopsctl.state import StackState, save_state
+
+    elsewhere = tmp_path / "project" / ".calops"
+    save_state(elsewhere, StackState(runtime="local", ports={"mlflow": free_port()}))
+    remember_stack(elsewhere)
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    monkeypatch.chdir(unrelated)
+    monkeypatch.delenv("CALOPS_HOME", raising=False)
+    monkeypatch.setattr(tracking, "MlflowTracker", fake)
+    write_config(unrelated, config())
+    result = CliRunner().invoke(app, ["train", "--json"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    first, second = result.stderr.splitlines()[:2]
+    assert first == (
+        f"No calops stack in {unrelated} or its parents; a stack runs from {elsewhere.parent} "
+        f"(set CALOPS_HOME={elsewhere} or run from there)."
+    )
+    assert second.startswith(f"Tracking to sqlite:///{unrelated / '.calops' / 'mlflow.db'} (")
+    assert json.loads(result.stdout)["tracking_uri"].endswith("unrelated/.calops/mlflow.db")
