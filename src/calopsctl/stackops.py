@@ -210,7 +210,7 @@ def ensure_champion(model: str, config: Path | None, settings: CliSettings, say:
         if FolderPointer(Path(model), "").champion() is not None:
             return
         what = f"{model} has no model to serve"
-    say(f"First start: {what}; training the configured model first (about a minute).")
+    say(f"First start: {what}; training and registering the configured model first.")
     summary = train_and_track(
         TrainOptions(config_path=config),
         home=settings.home,

@@ -256,8 +256,8 @@ def test_first_start_on_a_folder_trains_into_its_runs(
     folder = isolated_home / "trained"
     stackops.ensure_champion(str(folder), config, CliSettings(), said.append)
     assert said[0] == (
-        f"First start: {folder} has no model to serve; training the configured model first "
-        "(about a minute)."
+        f"First start: {folder} has no model to serve; training and registering the configured "
+        "model first."
     )
     served = (folder / "current").resolve()
     assert served.parent == folder / "runs"
