@@ -85,7 +85,7 @@ def _model_line(model: dict[str, Any]) -> str:
 def show_models(data: dict[str, Any]) -> None:
     """The versions, newest first, with the one the API answers with marked."""
     api = data["api"]
-    columns = ["", "version", "created", "data", "RMSLE", "in service since", "aliases"]
+    columns = ["", "version", "created", "data", "RMSLE", "last put in service", "aliases"]
     cells = [
         [
             "▶" if row["serving"] else ("*" if row["champion"] else ""),
