@@ -17,7 +17,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final, cast
@@ -89,6 +89,8 @@ class ScriptRun:
     data_source: str
     synthetic: bool
     estimator: str
+    metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json, read once
+    model: Any = field(default=None, repr=False)  # the fitted model, loaded once
 
 
 # -- the script's config ------------------------------------------------------------------------
@@ -365,7 +367,7 @@ def _require(
 
 
 def _script_run(config: ScriptConfig, moved: Mapping[str, Path], log_path: Path) -> ScriptRun:
-    read_metrics(moved["metrics"])
+    metrics = read_metrics(moved["metrics"])
     estimator = _load(moved["model"])
     params = {**config.params, **_params_file(moved), **estimator_params(estimator)}
     return ScriptRun(
@@ -377,6 +379,8 @@ def _script_run(config: ScriptConfig, moved: Mapping[str, Path], log_path: Path)
         data_source=config.data_source,
         synthetic=config.synthetic,
         estimator=type(final_estimator(estimator)).__name__,
+        metrics=metrics,
+        model=estimator,
     )
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calapi.errors import ConfigError, ModelError
+from calapi.errors import ConfigError
 from calapi.model.config import (
     TrainConfig,
     flatten,
@@ -94,6 +94,7 @@ class Produced:
     synthetic: bool
     trainer: str
     evaluation: pd.DataFrame | None = field(default=None, repr=False)
+    model: Any = field(default=None, repr=False)  # already loaded (a script's), else None
 
     @property
     def evaluated_on(self) -> str:
@@ -358,7 +359,7 @@ def run_script(
 
     report(f"Running {script} with {Path(sys.executable).name}; its output follows.")
     ran = run(script, args, config, into=into, echo=echo)
-    metrics = _read_metrics(ran.metrics_path)
+    metrics = ran.metrics
     card_path = ran.card_path or write_script_card(
         ran, model_name=_names(config.params)[0], metrics=metrics
     )
@@ -372,19 +373,8 @@ def run_script(
         data_source=ran.data_source,
         synthetic=ran.synthetic,
         trainer=str(script),
+        model=ran.model,
     )
-
-
-def _read_metrics(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} is not a readable JSON file ({exc}).") from None
-    if not isinstance(metrics, dict):
-        raise ModelError(f"{path} must hold a JSON object of metric names to numbers.")
-    return metrics
 
 
 # -- what gets logged -----------------------------------------------------------------------------
@@ -403,7 +393,7 @@ def _record(plan: Plan, produced: Produced, options: TrainOptions) -> RunRecord:
         metrics=numeric_metrics(produced.metrics),
         tags=_tags(produced),
         artifacts=tuple(artifacts),
-        model=_load_model(produced.model_path),
+        model=produced.model if produced.model is not None else _load_model(produced.model_path),
         input_example=_input_example(plan),
         pip_requirements=_pip_requirements(),
     )
