@@ -39,6 +39,9 @@ def _session_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     folder is set: no test may write the user's index of running stacks."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state-session")))
+        patch.setenv(
+            "CALOPS_PREDICTION_LOG", str(tmp_path_factory.mktemp("predlog") / "predictions.db")
+        )
         yield
 
 
@@ -49,6 +52,8 @@ def _private_state_home(
     """A fresh XDG_STATE_HOME per test, so stacks one test records never show in another's."""
     state = tmp_path_factory.mktemp("xdg-state")
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    # Every API a test starts keeps its predictions in its own log.
+    monkeypatch.setenv("CALOPS_PREDICTION_LOG", str(state / "predictions.db"))
     return state
 
 

@@ -17,10 +17,10 @@ from calapi.model.features import FloatArray
 from calapi.serving.batching import BatchCallback, MicroBatcher
 from calapi.serving.drift import DriftMonitor
 from calapi.serving.fastpath import FastPathApp
-from calapi.serving.feedback import PendingStore, RollingRmsle
 from calapi.serving.handlers import PredictHandler
 from calapi.serving.holder import ModelHolder
-from calapi.serving.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder, bind_gauge
+from calapi.serving.metrics import ApiMetrics, MetricsMiddleware, RequestRecorder
+from calapi.serving.predlog import PredictionLog, open_log
 from calapi.serving.routes import feedback, metrics, predict, status
 from calapi.serving.service import Feedback, Predictions, id_factory
 from calapi.serving.settings import ApiSettings
@@ -44,10 +44,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         served.check_nothing_skipped()
+        parts.log.start()
         await parts.holder.start(settings.reload_interval_seconds)
         yield
         await parts.holder.stop()
         await asyncio.to_thread(parts.batcher.close)
+        await asyncio.to_thread(parts.log.close)  # writes the predictions still queued
 
     app = _fastapi_app(lifespan)
     app.state.settings = settings
@@ -56,6 +58,8 @@ def create_app(
     app.state.drift = parts.drift
     app.state.predict_handler = parts.predict_handler
     app.state.feedback = parts.feedback
+    app.state.log = parts.log
+    app.state.exposed = api_metrics.exposed
     app.add_middleware(MetricsMiddleware, metrics=api_metrics)
     served = FastPathApp(app, parts.predict_handler, RequestRecorder(api_metrics))
     return served
@@ -70,6 +74,7 @@ class _Parts:
     batcher: MicroBatcher
     predict_handler: PredictHandler
     feedback: Feedback
+    log: PredictionLog
 
     @classmethod
     def build(cls, settings: ApiSettings, api_metrics: ApiMetrics) -> _Parts:
@@ -77,12 +82,11 @@ class _Parts:
         # A new model brings its own reference, so its drift window starts empty.
         holder = ModelHolder(source_for(settings.model), api_metrics,
                              on_swap=lambda model: drift.reset(model, model.card))  # fmt: skip
-        store = PendingStore(
-            settings.feedback_max_pending,
-            settings.feedback_max_age_seconds,
+        log = open_log(
+            settings.prediction_log, settings.retention(),
+            flush_seconds=settings.log_flush_ms / 1000.0,
             on_evict=lambda reason, count: api_metrics.evictions.labels(reason).inc(count),
-        )
-        rolling = RollingRmsle(settings.rolling_window_seconds)
+        )  # fmt: skip
         batcher = MicroBatcher(
             lambda: holder.current,
             max_rows=settings.microbatch_max_rows,
@@ -90,15 +94,15 @@ class _Parts:
             threads=settings.predict_threads,
             on_batch=_batch_recorder(api_metrics, drift),
         )
-        bind_gauge(api_metrics.rolling_rmsle, rolling.value)
-        bind_gauge(api_metrics.pending, store.awaiting_now)
-        api_metrics.bind_drift(drift.snapshot)
+        api_metrics.bind_state(
+            drift=drift.snapshot, log=log, window_seconds=settings.rolling_window_seconds
+        )
         handler = PredictHandler(
-            Predictions(batcher, store, id_factory()), holder,
+            Predictions(batcher, log, id_factory()), holder,
             max_body_bytes=settings.max_body_bytes, max_batch_rows=settings.max_batch_rows,
         )  # fmt: skip
-        feedback = Feedback(store, rolling, api_metrics.feedback_lag)
-        return cls(holder, drift, batcher, handler, feedback)
+        feedback = Feedback(log, api_metrics.feedback_lag, api_metrics.squared_log_error)
+        return cls(holder, drift, batcher, handler, feedback, log)
 
 
 def _fastapi_app(lifespan: Any) -> FastAPI:

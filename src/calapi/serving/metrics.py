@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import threading
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, Summary, multiprocess
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from calapi.model.features import FEATURES, FloatArray
 from calapi.serving.drift import DriftSnapshot
+from calapi.serving.predlog import PredictionLog, rmsle
 
 # Requests are answered in about a millisecond; the tail reaches a big batch's 0.1-0.5 s.
 LATENCY_BUCKETS: Final = (
@@ -39,6 +39,9 @@ class ApiMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # Set when several worker processes serve one port (``calops serve --workers N``).
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.exposed = registry  # what GET /metrics shows
         self.requests = Counter(
             "app_requests", "HTTP requests answered, by route template, method and status.",
             ("route", "method", "status"), registry=registry,
@@ -55,22 +58,15 @@ class ApiMetrics:
             "app_feedback_lag_seconds", "Feedback time minus prediction time [s].",
             buckets=LAG_BUCKETS, registry=registry,
         )  # fmt: skip
-        self.rolling_rmsle = Gauge(
-            "app_rolling_rmsle_5m", "RMSLE of the feedback received in the rolling window "
-            "(300 s by default); NaN when none.", registry=registry,
+        self.squared_log_error = Summary(
+            "app_feedback_squared_log_error", "Squared log error of each matched feedback: "
+            "its _sum and _count make the RMSLE of any window, summed over API processes.",
+            registry=registry,
         )  # fmt: skip
         self._init_model_metrics(registry)
         self._init_feedback_metrics(registry)
 
     def _init_model_metrics(self, registry: CollectorRegistry) -> None:
-        self.model_info = Gauge(
-            "app_model_info", "1 for the model answering now: version, alias (empty when "
-            "none), sha256 prefix, source.", ("version", "alias", "sha256", "source"),
-            registry=registry,
-        )  # fmt: skip
-        self.model_loaded = Gauge(
-            "app_model_loaded", "1 when a model is loaded and serving, else 0.", registry=registry
-        )
         self.model_reloads = Counter(
             "app_model_reloads", "Model load attempts after start, by outcome.",
             ("outcome",), registry=registry,
@@ -83,14 +79,10 @@ class ApiMetrics:
             "app_predict_batch_rows", "Rows per model call after micro-batching [rows].",
             buckets=BATCH_ROW_BUCKETS, registry=registry,
         )  # fmt: skip
-        self._current_model: tuple[str, str, str, str] | None = None
+        self.current_model: tuple[str, str, str, str] | None = None
         self.out_of_range_children = {name: self.out_of_range.labels(name) for name in FEATURES}
 
     def _init_feedback_metrics(self, registry: CollectorRegistry) -> None:
-        self.pending = Gauge(
-            "app_feedback_pending_predictions",
-            "Predictions in the store still awaiting ground truth.", registry=registry,
-        )  # fmt: skip
         self.evictions = Counter(
             "app_feedback_evictions", "Unanswered predictions dropped from the store, by reason.",
             ("reason",), registry=registry,
@@ -101,21 +93,33 @@ class ApiMetrics:
     def show_model(
         self, version: str | None, sha256: str = "", source: str = "", *, alias: str | None = None
     ) -> None:
-        """Point app_model_info at the model now answering (or at none).
+        """Point app_model_info at the model now answering (or at none): one series, one model."""
+        if version is None:
+            self.current_model = None
+        else:
+            self.current_model = (version, alias or "", sha256[:12], source)
 
-        The previous series is removed, so the labels stay bounded: one series, one model.
-        """
-        if self._current_model is not None:
-            self.model_info.remove(*self._current_model)
-            self._current_model = None
-        self.model_loaded.set(0 if version is None else 1)
-        if version is not None:
-            self._current_model = (version, alias or "", sha256[:12], source)
-            self.model_info.labels(*self._current_model).set(1)
-
-    def bind_drift(self, read: Callable[[], DriftSnapshot | None]) -> None:
-        """Export the drift gauges, computed from ``read()`` at each scrape."""
-        self.registry.register(DriftCollector(read))
+    def bind_state(
+        self, *, drift: Callable[[], DriftSnapshot | None], log: PredictionLog,
+        window_seconds: float,
+    ) -> None:  # fmt: skip
+        """Export what is read at scrape time: this process's model and drift window, and the
+        shared log's awaiting predictions and rolling RMSLE."""
+        collectors = (
+            StateCollector(lambda: self.current_model, log, window_seconds),
+            DriftCollector(drift),
+        )
+        for collector in collectors:
+            self.registry.register(collector)
+        if self.multiprocess_dir:
+            # Counters and histograms of every worker come from their files; the state is
+            # read by whichever worker answers the scrape.
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self.exposed, self.multiprocess_dir
+            )
+            for collector in collectors:
+                self.exposed.register(collector)
 
     def record_batch(self, calories: FloatArray, out_of_range: dict[str, int]) -> None:
         """One model call: its rows, each predicted value, rows outside the training range."""
@@ -126,50 +130,32 @@ class ApiMetrics:
                 self.out_of_range_children[name].inc(count)
 
 
-class BulkHistogram(Collector):
+class BulkHistogram:
     """A histogram that takes a whole batch of values in one numpy pass.
 
-    prometheus_client's Histogram observes one value per call, a Python loop over every
-    predicted row; this keeps its own bucket counts and exports them through the public
-    collector interface, with the same samples (``_bucket`` per ``le``, ``_count``, ``_sum``).
-    Batches arrive on the predict worker thread and scrapes on the event loop, hence the lock.
+    prometheus_client's ``Histogram.observe`` takes one value per call, a Python loop over
+    every predicted row; this counts a batch per bucket with numpy and adds each count to the
+    histogram's bucket once. The buckets are the histogram's own values, so the samples and
+    the multiprocess files are exactly what ``observe`` would have written.
     """
 
     def __init__(
         self, name: str, documentation: str, *, buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:  # fmt: skip
-        self._name = name
-        self._documentation = documentation
-        self._bounds = np.asarray(sorted(float(bound) for bound in buckets))
-        self._labels = [*map(floatToGoString, self._bounds), "+Inf"]
-        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)
-        self._sum = 0.0
-        self._lock = threading.Lock()
-        registry.register(self)
+        self.histogram = Histogram(name, documentation, buckets=buckets, registry=registry)
+        self._bounds = np.asarray(self.histogram._upper_bounds[:-1])  # without +Inf
+        self._buckets = self.histogram._buckets
+        self._sum = self.histogram._sum
 
     def observe_many(self, values: FloatArray) -> None:
         """Count every value in its bucket (upper bounds inclusive, as Prometheus's ``le``)."""
         per_bucket = np.bincount(
-            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts)
+            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._buckets)
         )
-        total = float(values.sum())
-        with self._lock:
-            self._counts += per_bucket
-            self._sum += total
-
-    def describe(self) -> Iterator[Metric]:
-        """The family's name, so the registry can refuse a clash without collecting."""
-        yield HistogramMetricFamily(self._name, self._documentation)
-
-    def collect(self) -> Iterator[Metric]:
-        """Cumulative bucket counts and the sum, as one histogram family."""
-        with self._lock:
-            cumulative = np.cumsum(self._counts).tolist()
-            total = self._sum
-        family = HistogramMetricFamily(self._name, self._documentation)
-        family.add_metric([], list(zip(self._labels, cumulative, strict=True)), total)
-        yield family
+        for index in np.flatnonzero(per_bucket).tolist():
+            self._buckets[index].inc(int(per_bucket[index]))
+        self._sum.inc(float(values.sum()))
 
 
 class RequestRecorder:
@@ -231,9 +217,55 @@ def route_template(scope: Scope) -> str:
     return getattr(route, "path", UNMATCHED_ROUTE) if route is not None else UNMATCHED_ROUTE
 
 
-def bind_gauge(gauge: Gauge, read: Callable[[], float]) -> None:
-    """Make ``gauge`` read its value at scrape time, so it moves without traffic."""
-    gauge.set_function(read)
+class StateCollector(Collector):
+    """Gauges read at scrape time: the model this process serves, and from the shared
+    prediction log, the predictions awaiting truth and the rolling RMSLE (the same value
+    from every process that shares the log)."""
+
+    def __init__(
+        self, model: Callable[[], tuple[str, str, str, str] | None], log: PredictionLog,
+        window_seconds: float,
+    ) -> None:  # fmt: skip
+        self._model = model
+        self._log = log
+        self._window = window_seconds
+
+    def describe(self) -> Iterator[Metric]:
+        yield from _state_families()
+
+    def collect(self) -> Iterator[Metric]:
+        info, loaded, pending, rolling = _state_families()
+        model = self._model()
+        loaded.add_metric([], 0 if model is None else 1)
+        if model is not None:
+            info.add_metric(list(model), 1)
+        yield from (info, loaded)
+        try:
+            awaiting = self._log.awaiting()
+            total, count = self._log.rolling(self._window)
+        except Exception:  # a scrape must answer while the log is away
+            return
+        pending.add_metric([], awaiting)
+        rolling.add_metric([], rmsle(total, count))
+        yield from (pending, rolling)
+
+
+def _state_families() -> tuple[GaugeMetricFamily, ...]:
+    return (
+        GaugeMetricFamily(
+            "app_model_info", "1 for the model answering now: version, alias (empty when "
+            "none), sha256 prefix, source.", labels=("version", "alias", "sha256", "source"),
+        ),
+        GaugeMetricFamily("app_model_loaded", "1 when a model is loaded and serving, else 0."),
+        GaugeMetricFamily(
+            "app_feedback_pending_predictions",
+            "Predictions in the prediction log still awaiting ground truth (every process).",
+        ),
+        GaugeMetricFamily(
+            "app_rolling_rmsle_5m", "RMSLE of the feedback received in the rolling window "
+            "(300 s by default) by every process sharing the prediction log; NaN when none.",
+        ),
+    )  # fmt: skip
 
 
 DRIFT_PSI: Final = "app_feature_drift_psi"

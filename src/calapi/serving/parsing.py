@@ -12,12 +12,12 @@ import orjson
 from pydantic import ValidationError
 
 from calapi.model.features import NUMERIC_FEATURES, PLAUSIBLE, SEX_ALIASES, FloatArray, encode_sex
+from calapi.serving.predlog.base import MAX_ID_CHARS
 from calapi.serving.schemas import ROWS, Row, RowId
 
 _NUMBERS: Final = (int, float)
-_IDS: Final = (int, str)
 _NUMBER_TYPES: Final = frozenset(_NUMBERS)
-_ID_TYPES: Final = frozenset((*_IDS, type(None)))
+_ID_TYPES: Final = frozenset((int, str, type(None)))
 _NUMBERS_OF: Final = operator.itemgetter(*NUMERIC_FEATURES)
 _LOW: Final = np.array([0.0, *(PLAUSIBLE[name][0] for name in NUMERIC_FEATURES)])
 _HIGH: Final = np.array([1.0, *(PLAUSIBLE[name][1] for name in NUMERIC_FEATURES)])
@@ -114,7 +114,7 @@ def _plain_table(items: list[Any]) -> tuple[list[tuple[Any, ...]], list[Any]] | 
         return None
     if not all(type(value) in _NUMBERS for values in table for value in values[1:]):
         return None
-    if not all(row_id is None or type(row_id) in _IDS for row_id in ids):
+    if not _plain_ids(ids):
         return None
     return table, ids
 
@@ -139,7 +139,7 @@ def _plain_matrix(items: list[Any], *, single: bool) -> ParsedRows | None:
         return None
     if codes is None or not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(numbers))):
         return None
-    if not _ID_TYPES.issuperset(map(type, ids)):
+    if not _plain_ids(ids):
         return None
     raw = np.empty((len(items), len(_LOW)))
     raw[:, 0] = codes
@@ -149,6 +149,13 @@ def _plain_matrix(items: list[Any], *, single: bool) -> ParsedRows | None:
     if not (np.isfinite(raw).all() and (raw >= _LOW).all() and (raw <= _HIGH).all()):
         return None
     return ParsedRows(raw, ids, single=single)
+
+
+def _plain_ids(ids: list[Any]) -> bool:
+    """Every id absent, an int, or a string short enough to be a log key."""
+    return _ID_TYPES.issuperset(map(type, ids)) and not any(
+        type(row_id) is str and len(row_id) > MAX_ID_CHARS for row_id in ids
+    )
 
 
 def _sex_codes(sexes: list[Any]) -> list[float] | None:

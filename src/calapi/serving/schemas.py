@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    field_validator,
+)
 
 from calapi.model.features import PLAUSIBLE, SEX_ALIASES, UNITS, encode_sex
+from calapi.serving.predlog.base import MAX_ID_CHARS
 
-RowId = int | str
+# Ids are keys of the prediction log: bounded, so no request can make one row huge.
+RowId = int | Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)]
 
 EXAMPLE_ROW: Final[dict[str, Any]] = {
     "id": 1,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import Histogram
+from prometheus_client import Histogram, Summary
 
 from calapi.serving.batching import MicroBatcher
-from calapi.serving.feedback import Outcome, PendingStore, RollingRmsle
 from calapi.serving.parsing import ParsedRows
+from calapi.serving.predlog import Outcome, PredictionLog, UnknownIdError
 from calapi.serving.schemas import RowId
 
 
@@ -32,13 +33,13 @@ def id_factory() -> Callable[[], str]:
 
 
 class Predictions:
-    """Predicts rows (micro-batched) and remembers each prediction for its feedback."""
+    """Predicts rows (micro-batched) and records each prediction in the log for its feedback."""
 
     def __init__(
-        self, batcher: MicroBatcher, store: PendingStore, new_id: Callable[[], str]
+        self, batcher: MicroBatcher, log: PredictionLog, new_id: Callable[[], str]
     ) -> None:
         self._batcher = batcher
-        self._store = store
+        self._log = log
         self._new_id = new_id
 
     async def predict(self, rows: ParsedRows) -> Served:
@@ -46,21 +47,31 @@ class Predictions:
         calories, model = await self._batcher.predict(rows.raw)
         ids = [self._new_id() if row_id is None else row_id for row_id in rows.ids]
         values = calories.tolist()
-        self._store.add_many(list(map(str, ids)), values, model.version)
+        self._log.record(list(map(str, ids)), values, rows.raw, model.version)
         return Served(ids, values, model.version)
 
 
 class Feedback:
-    """Matches ground truth with its prediction and feeds the rolling RMSLE."""
+    """Matches ground truth with its prediction, made by this process or any other."""
 
-    def __init__(self, store: PendingStore, rolling: RollingRmsle, lag: Histogram) -> None:
-        self._store = store
-        self._rolling = rolling
+    def __init__(self, log: PredictionLog, lag: Histogram, errors: Summary) -> None:
+        self._log = log
         self._lag = lag
+        self._errors = errors
 
-    def answer(self, row_id: RowId, actual: float) -> Outcome:
-        """Raises UnknownIdError (unknown or expired id) or AlreadyAnsweredError."""
-        outcome = self._store.answer(str(row_id), actual)
-        self._rolling.add(outcome.squared_log_error)
+    async def answer(self, row_id: RowId, actual: float) -> Outcome:
+        """Raises UnknownIdError (unknown or expired id), AlreadyAnsweredError or
+        LogUnavailableError.
+
+        An id unknown at first is asked for again once the log has settled: another process
+        may have made the prediction a moment ago and not written it yet.
+        """
+        key = str(row_id)
+        try:
+            outcome = await self._log.answer(key, actual)
+        except UnknownIdError:
+            await asyncio.sleep(self._log.settle_seconds)
+            outcome = await self._log.answer(key, actual)
         self._lag.observe(outcome.lag_seconds)
+        self._errors.observe(outcome.squared_log_error)
         return outcome

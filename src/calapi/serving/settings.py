@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from calapi.serving.predlog.base import Retention
+
 
 class ApiSettings(BaseSettings):
     """Typed settings of the API; build one with ``ApiSettings()`` and pass it to create_app."""
@@ -18,14 +20,51 @@ class ApiSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="Processes serving the port; they share the prediction log and metrics.",
+    )  # fmt: skip
+    reuse_port: bool = Field(
+        default=False,
+        description="Share the port with other API processes (SO_REUSEPORT); the kernel "
+        "spreads connections over them.",
+    )
+    own_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Also listen on this port alone, so this process can be scraped and "
+        "checked by itself when it shares its main port.",
+    )  # fmt: skip
+    prediction_log: str = Field(
+        default=".calops/predictions.db",
+        description="Where predictions and their ground truth are kept: a SQLite file "
+        "(shared by every API process of this machine) or redis://host:port/db (shared by "
+        "every machine).",
+    )
+    log_flush_ms: float = Field(
+        default=20.0, gt=0, le=1000,
+        description="Predictions are written together this often; a crash loses at most "
+        "this much of the latest ones.",
+    )  # fmt: skip
     feedback_max_pending: int = Field(
-        default=100_000,
+        default=1_000_000,
         gt=0,
         description="Predictions kept awaiting ground truth; oldest evicted first.",
     )
+    feedback_max_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0,
+        description="Bytes the predictions awaiting ground truth may take; oldest evicted first.",
+    )  # fmt: skip
     feedback_max_age_seconds: float = Field(
         default=3600.0, gt=0, description="A prediction older than this no longer accepts feedback."
     )
+    answered_max_age_seconds: float = Field(
+        default=86_400.0, gt=0,
+        description="How long answered predictions (with their truth) stay in the log.",
+    )  # fmt: skip
+    answered_max_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0,
+        description="Bytes the answered predictions may take; oldest dropped first.",
+    )  # fmt: skip
     rolling_window_seconds: float = Field(default=300.0, gt=0)
     drift_window_seconds: float = Field(
         default=300.0, gt=0, description="Served rows compared with the training reference."
@@ -61,3 +100,21 @@ class ApiSettings(BaseSettings):
         gt=0,
         description="OpenMP/BLAS threads per model call; batching gives the parallelism.",
     )
+
+    def retention(self) -> Retention:
+        """The prediction log's bounds."""
+        return Retention(
+            max_age_seconds=self.feedback_max_age_seconds,
+            max_bytes=self.feedback_max_bytes,
+            max_rows=self.feedback_max_pending,
+            answered_max_age_seconds=self.answered_max_age_seconds,
+            answered_max_bytes=self.answered_max_bytes,
+        )
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the CALOPS_* variables that rebuild them in another process."""
+        return {
+            f"CALOPS_{name.upper()}": str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }

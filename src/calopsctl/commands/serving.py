@@ -33,6 +33,24 @@ def serve(
             show_default=_default("CALOPS_MODEL"),
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes serving the port. They share the prediction log (feedback joins "
+            "on any of them) and /metrics shows the totals of all of them.",
+            show_default=_default("CALOPS_WORKERS"),
+            min=1,
+            max=64,
+        ),
+    ] = None,
+    prediction_log: Annotated[
+        str | None,
+        typer.Option(
+            help="Where predictions await their ground truth: a SQLite file (shared by the "
+            "processes of this machine) or redis://host:port/db (shared by several machines).",
+            show_default=_default("CALOPS_PREDICTION_LOG"),
+        ),
+    ] = None,
     reload_interval: Annotated[
         float | None,
         typer.Option(
@@ -46,19 +64,24 @@ def serve(
     """Run the inference API in the foreground (like `fastapi run`); Ctrl+C stops it.
 
     Serves /predict, /feedback, /healthz, /readyz, /info and /metrics. With no model
-    yet, it stays up and /healthz says why.
+    yet, it stays up and /healthz says why. Every prediction is kept in the prediction
+    log until its ground truth arrives, also across restarts.
 
     [bold]Examples[/]
 
       calops serve
       calops serve --port 8010 --model ./artifacts
+      calops serve --workers 4 --prediction-log ./predictions.db
       MLFLOW_TRACKING_URI=http://127.0.0.1:5000 calops serve --model models:/calories@champion
     """
     from calapi.serving.server import serve as run_server
 
     run_server(
-        _api_settings(host=host, port=port, model=model, reload_interval_seconds=reload_interval)
-    )
+        _api_settings(
+            host=host, port=port, model=model, workers=workers, prediction_log=prediction_log,
+            reload_interval_seconds=reload_interval,
+        )
+    )  # fmt: skip
 
 
 def _api_settings(**given: object) -> ApiSettings:

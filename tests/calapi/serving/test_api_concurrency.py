@@ -53,6 +53,8 @@ async def test_counters_histograms_and_rmsle_match_the_test_own_count(
         # Repeats are sent after the first answers landed, so every one of them is a 409.
         second = await asyncio.gather(*repeats, *unknown)
         rmsle_now = sample(registry, "app_rolling_rmsle_5m")
+        pending = sample(registry, "app_feedback_pending_predictions")
+        errors = sample(registry, "app_feedback_squared_log_error_sum")
 
     by_id = {p["id"]: p["Calories"] for p in first}
     statuses = [a.status_code for a in answers] + [a.status_code for a in second]
@@ -70,8 +72,8 @@ async def test_counters_histograms_and_rmsle_match_the_test_own_count(
     assert sample(registry, "app_request_latency_seconds_count", route="/predict") == 400
     assert sample(registry, "app_pred_calories_count") == len(first) + 100
     assert sample(registry, "app_feedback_lag_seconds_count") == len(truths)
-    assert sample(registry, "app_feedback_pending_predictions") == len(first) + 100 - len(truths)
-    expected = math.sqrt(
-        sum((math.log1p(by_id[i]) - math.log1p(c)) ** 2 for i, c in truths.items()) / len(truths)
-    )
-    assert rmsle_now == pytest.approx(expected, rel=1e-12)
+    assert pending == len(first) + 100 - len(truths)
+    assert sample(registry, "app_feedback_squared_log_error_count") == len(truths)
+    squared = math.fsum((math.log1p(by_id[i]) - math.log1p(c)) ** 2 for i, c in truths.items())
+    assert errors == pytest.approx(squared, rel=1e-12)
+    assert rmsle_now == pytest.approx(math.sqrt(squared / len(truths)), rel=1e-12)

@@ -23,7 +23,7 @@ from calapi.serving.drift import (
     psi,
     reference_from_card,
 )
-from calapi.serving.metrics import ApiMetrics
+from calapi.serving.metrics import DriftCollector
 
 SHIFT = {"Weight": 1.20, "Duration": 1.50, "Heart_Rate": 1.12}
 
@@ -246,7 +246,7 @@ def test_gauges_follow_the_monitor(reference: Reference) -> None:
     """The drift gauges appear with a reference, are NaN until min_rows, and vanish without one."""
     registry = CollectorRegistry()
     monitor = DriftMonitor(min_rows=200, clock=FakeClock())
-    ApiMetrics(registry).bind_drift(monitor.snapshot)
+    registry.register(DriftCollector(monitor.snapshot))
     assert registry.get_sample_value("app_drift_window_rows") is None
     model = object()
     monitor.reset(model, card_for(generate(5000, 1)))

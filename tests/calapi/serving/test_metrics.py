@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from api_support import api_client, row, sample
 from calapi.serving.metrics import CALORIE_BUCKETS, ApiMetrics, BulkHistogram
+from calapi.serving.predlog import Retention, open_log
 
 
 def test_bulk_histogram_exports_what_one_observe_per_value_would() -> None:
@@ -40,10 +43,12 @@ def test_bulk_histogram_is_exposed_as_a_histogram() -> None:
     assert 'h_bucket{le="2.0"} 1.0' in text
 
 
-def test_model_info_points_at_one_model() -> None:
+def test_model_info_points_at_one_model(tmp_path: Path) -> None:
     """Swapping models leaves exactly one app_model_info series, for the current model."""
     registry = CollectorRegistry()
     metrics = ApiMetrics(registry)
+    log = open_log(str(tmp_path / "predictions.db"), Retention())
+    metrics.bind_state(drift=lambda: None, log=log, window_seconds=300.0)
     metrics.show_model("v1", "a" * 64, "artifacts")
     metrics.show_model("calories/2", "b" * 64, "artifacts", alias="current")
     assert sample(registry, "app_model_info", version="v1", alias="", sha256="a" * 12,

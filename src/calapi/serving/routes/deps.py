@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from calapi.serving.drift import DriftMonitor
 from calapi.serving.handlers import PredictHandler
 from calapi.serving.holder import ModelHolder
+from calapi.serving.predlog import PredictionLog
 from calapi.serving.service import Feedback
 from calapi.serving.settings import ApiSettings
 
@@ -26,7 +27,9 @@ def _state(name: str) -> Any:
 
 SettingsDep = Annotated[ApiSettings, _state("settings")]
 RegistryDep = Annotated[CollectorRegistry, _state("registry")]
+ExposedDep = Annotated[CollectorRegistry, _state("exposed")]
 HolderDep = Annotated[ModelHolder, _state("holder")]
 DriftDep = Annotated[DriftMonitor, _state("drift")]
 PredictHandlerDep = Annotated[PredictHandler, _state("predict_handler")]
 FeedbackDep = Annotated[Feedback, _state("feedback")]
+LogDep = Annotated[PredictionLog, _state("log")]

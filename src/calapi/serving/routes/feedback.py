@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from calapi.serving.feedback import AlreadyAnsweredError, UnknownIdError
+from calapi.serving.predlog import AlreadyAnsweredError, LogUnavailableError, UnknownIdError
 from calapi.serving.responses import documented_errors, json_response, problem
 from calapi.serving.routes.deps import FeedbackDep
 from calapi.serving.schemas import FeedbackIn, FeedbackOut
@@ -17,17 +17,20 @@ router = APIRouter(tags=["feedback"])
     "/feedback",
     summary="Send the true Calories of an earlier prediction",
     response_model=FeedbackOut,
-    responses=documented_errors(404, 409),
+    responses=documented_errors(404, 409, 503),
 )
 async def feedback(body: FeedbackIn, matcher: FeedbackDep) -> Response:
-    """Match ground truth with its prediction: 404 unknown or expired id, 409 already answered."""
+    """Match ground truth with its prediction, made by any API process: 404 unknown or expired
+    id, 409 already answered, 503 when the prediction log cannot be written now."""
     try:
-        outcome = matcher.answer(body.id, body.Calories)
+        outcome = await matcher.answer(body.id, body.Calories)
     except UnknownIdError:
         detail = f"No prediction with id {body.id!r} awaits feedback (unknown or expired)."
         return problem(404, detail)
     except AlreadyAnsweredError:
         return problem(409, f"Feedback for id {body.id!r} was already received.")
+    except LogUnavailableError as exc:
+        return problem(503, str(exc))
     return json_response(
         {
             "id": body.id,

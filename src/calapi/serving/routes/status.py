@@ -14,15 +14,15 @@ from calapi.serving.drift import DriftMonitor
 from calapi.serving.environment import describe_environment
 from calapi.serving.holder import ModelHolder
 from calapi.serving.responses import documented_errors, json_response
-from calapi.serving.routes.deps import DriftDep, HolderDep, SettingsDep
+from calapi.serving.routes.deps import DriftDep, HolderDep, LogDep, SettingsDep
 from calapi.serving.schemas import Health
 from calapi.serving.settings import ApiSettings
 
 router = APIRouter(tags=["status"])
 READY_PROBE = probe_rows(None, 1)
 SERVING_SETTINGS_SHOWN = {
-    "reload_interval_seconds", "max_batch_rows", "feedback_max_pending",
-    "feedback_max_age_seconds", "rolling_window_seconds",
+    "reload_interval_seconds", "max_batch_rows", "rolling_window_seconds", "workers",
+    "log_flush_ms",
 }  # fmt: skip
 
 
@@ -50,12 +50,16 @@ async def readyz(holder: HolderDep) -> Response:
 
 
 @router.get("/info", summary="App, model and environment")
-async def info(holder: HolderDep, drift: DriftDep, settings: SettingsDep) -> dict[str, Any]:
-    """Which model answers (source, version, alias, run, card), its live drift, where it runs."""
+async def info(
+    holder: HolderDep, drift: DriftDep, settings: SettingsDep, log: LogDep
+) -> dict[str, Any]:
+    """Which model answers (source, version, alias, run, card), its live drift, where it runs,
+    and where predictions await their ground truth (the prediction log and its bounds)."""
     return {
         "app": {"name": "calapi", "version": calapi.__version__},
         "model": describe_model(holder),
         "serving": describe_serving(settings),
+        "prediction_log": log.describe(),
         "drift": describe_drift(drift),
         "environment": describe_environment(),
     }
