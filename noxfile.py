@@ -57,3 +57,10 @@ def bench(session: nox.Session) -> None:
     """Throughput and latency ratios against a bare FastAPI endpoint and `mlflow models serve`."""
     session.install("-e", ".[cli]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(default=False)
+def soak(session: nox.Session) -> None:
+    """The API's memory over minutes of traffic with feedback (default 10 min at 200 req/s)."""
+    session.install("-e", ".[cli]")
+    session.run("python", "bench/soak.py", *session.posargs)

@@ -1,0 +1,95 @@
+"""The API and its prediction log: bounded ids, a byte bound hostile traffic cannot pass,
+feedback that waits for another process's write, /info naming the log."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from api_support import api_client, routed_client, row, sample
+from calapi.serving.predlog import MAX_ID_CHARS
+
+pytestmark = pytest.mark.anyio
+
+
+def pending_bytes(db: Path) -> int:
+    with sqlite3.connect(db) as connection:
+        return int(
+            connection.execute("SELECT value FROM totals WHERE name = 'pending_bytes'").fetchone()[
+                0
+            ]
+        )
+
+
+async def test_ids_longer_than_the_cap_are_422_everywhere(trained_model_dir: Path) -> None:
+    """A 129-character id is refused by the fast path, the validated path, batches and
+    /feedback alike; 128 characters are fine."""
+    longest, too_long = "x" * MAX_ID_CHARS, "y" * (MAX_ID_CHARS + 1)
+    async with api_client(trained_model_dir) as client:
+        assert (await client.post("/predict", json=row(id=longest))).status_code == 200
+        for api in (client, routed_client(client)):
+            single = await api.post("/predict", json=row(id=too_long))
+            assert single.status_code == 422
+            assert "128" in single.text
+            validated = await api.post("/predict", json=row(id=too_long, Sex="FEMALE"))
+            assert validated.status_code == 422
+            batch = [row(id=f"ok{n}") for n in range(20)] + [row(id=too_long)]
+            assert (await api.post("/predict", json={"instances": batch})).status_code == 422
+        feedback = await client.post("/feedback", json={"id": too_long, "Calories": 10.0})
+        assert feedback.status_code == 422
+        answer = await client.post("/feedback", json={"id": longest, "Calories": 10.0})
+        assert answer.status_code == 200
+
+
+async def test_hostile_batches_cannot_push_the_log_past_its_byte_bound(
+    trained_model_dir: Path, tmp_path: Path
+) -> None:
+    """Ten 10,000-row batches of 128-character ids against a 1 MiB bound: the log stays within
+    it after every write, the newest predictions still take feedback, the drops are counted."""
+    db = tmp_path / "predictions.db"
+    bound = 1024 * 1024
+    async with api_client(
+        trained_model_dir, prediction_log=str(db), feedback_max_bytes=bound
+    ) as client:
+        for batch in range(10):
+            rows = [row(id=f"{batch:02d}{n:0126d}") for n in range(10_000)]
+            response = await client.post("/predict", json={"instances": rows})
+            assert response.status_code == 200
+            await asyncio.sleep(0.1)  # past one flush
+            assert 0 < pending_bytes(db) <= bound
+        newest = {"id": f"09{9999:0126d}", "Calories": 100.0}
+        assert (await client.post("/feedback", json=newest)).status_code == 200
+        evicted = sample(client.registry, "app_feedback_evictions_total", reason="capacity")  # type: ignore[attr-defined]
+    assert evicted > 90_000
+
+
+async def test_feedback_for_a_prediction_not_yet_written_waits_for_the_write(
+    trained_model_dir: Path, tmp_path: Path
+) -> None:
+    """Another process's prediction may not be written yet when its feedback lands: the API
+    asks again once the log has settled instead of answering 404 at once."""
+    db = tmp_path / "predictions.db"
+    async with (
+        api_client(trained_model_dir, prediction_log=str(db), log_flush_ms=200) as first,
+        api_client(trained_model_dir, prediction_log=str(db), log_flush_ms=200) as second,
+    ):
+        assert (await first.post("/predict", json=row(id="made-by-first"))).status_code == 200
+        answer = await second.post("/feedback", json={"id": "made-by-first", "Calories": 90.0})
+        assert answer.status_code == 200, answer.text
+        again = await first.post("/feedback", json={"id": "made-by-first", "Calories": 90.0})
+        assert again.status_code == 409
+
+
+async def test_info_names_the_prediction_log_and_its_bounds(
+    trained_model_dir: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "predictions.db"
+    async with api_client(trained_model_dir, prediction_log=str(db)) as client:
+        log = (await client.get("/info")).json()["prediction_log"]
+    assert log["backend"] == "sqlite"
+    assert log["location"] == str(db)
+    assert log["max_age_seconds"] == 3600.0
+    assert log["max_bytes"] == 256 * 1024 * 1024
