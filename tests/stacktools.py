@@ -1,13 +1,25 @@
-"""Locating the stack files and the tools that check them, for the stack tests."""
+"""Locating the stack files and the tools that check them, for the stack tests; a real local
+stack brought up by the CLI, and tiny HTTP servers that answer like a service."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from calopsctl.services import SERVICES
 
 STACK = Path(__file__).resolve().parents[1] / "stack"
 COMPOSE_FILE = STACK / "compose.yaml"
@@ -140,3 +152,103 @@ def unanswered_panels(prometheus_url: str) -> list[str]:
         for name, expr in panel_queries(load_dashboard())
         if not finite_values(instant_query(prometheus_url, expr))
     ]
+
+
+# ---------------------------------------------------------------- a real local stack
+
+CALOPS = [sys.executable, "-c", "from calopsctl.cli import app; app()"]
+
+
+@dataclass
+class Stack:
+    """A stack brought up by the real CLI in its own folder."""
+
+    folder: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    up: subprocess.CompletedProcess[str]
+
+    def calops(self, *args: str, folder: Path | None = None) -> subprocess.CompletedProcess[str]:
+        where = folder or self.folder
+        env = {**self.env, "CALOPS_HOME": str(where / ".calops")}
+        return subprocess.run(
+            [*CALOPS, *args],
+            cwd=where,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+
+    def state(self) -> dict[str, Any]:
+        path = self.folder / ".calops" / "stack.json"
+        loaded: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+        return loaded
+
+    def pids(self) -> dict[str, int]:
+        return dict(self.state().get("pids", {}))
+
+
+def port_options(ports: Mapping[str, int]) -> list[str]:
+    """`calops up` options putting every service on ``ports``."""
+    return [arg for s in SERVICES for arg in (s.port_flag, str(ports[s.name]))]
+
+
+def stack_env() -> dict[str, str]:
+    """This environment without what would point a stack elsewhere (tracking URI, ports)."""
+    unset = {"MLFLOW_TRACKING_URI", "GRAFANA_ADMIN_PASSWORD", "CALOPS_REPLICAS"}
+    unset |= {s.port_env for s in SERVICES}
+    return {k: v for k, v in os.environ.items() if k not in unset}
+
+
+def small_config(folder: Path) -> Path:
+    """A config.yaml in ``folder`` whose model trains in about a second."""
+    config = folder / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"source": "synthetic", "synthetic_rows": 2000, "synthetic_seed": 5},
+                "model": {"params": {"max_iter": 30, "learning_rate": 0.2}},
+                "outputs": {"dir": "artifacts"},
+            }
+        )
+    )
+    return config
+
+
+# ---------------------------------------------------------------- tiny HTTP servers
+
+Route = Callable[[], tuple[int, Any]]  # -> (HTTP status, JSON body)
+
+
+@contextmanager
+def serve_json(routes: Mapping[str, Route]) -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server on loopback answering GET ``path`` (query ignored) with the JSON its
+    route gives, 404 elsewhere; yields its URL and the paths asked for, in order."""
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            asked.append(path)
+            status, body = routes[path]() if path in routes else (404, {"detail": "not found"})
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: tests read ``asked`` instead."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

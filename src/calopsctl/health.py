@@ -7,7 +7,7 @@ real commands talk to the real services.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,8 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
     from calapi.serving.schemas import Health
+    from calopsctl.runtime.base import Replica
 
-UP, DOWN, ABSENT = "up", "down", "absent"
+UP, DOWN, ABSENT, UNKNOWN = "up", "down", "absent", "unknown"
+VIA_HEALTHZ, VIA_PROMETHEUS = "/healthz", "prometheus"
 Reply = TypeVar("Reply", bound=BaseModel)
 
 
@@ -34,6 +36,42 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ReplicaCheck(Check):
+    """One API process of the stack (``check`` is its name, e.g. api-2): from its own /healthz
+    when this machine reaches it, else from Prometheus's scrape of its ``address``."""
+
+    address: str = ""
+    url: str | None = None
+    model_version: str | None = None
+    via: str = ""  # VIA_HEALTHZ or VIA_PROMETHEUS
+
+    @property
+    def name(self) -> str:
+        return self.check
+
+    def as_replica(self) -> dict[str, Any]:
+        """The replica's entry of `calops health --json`."""
+        return {
+            "name": self.name,
+            "status": self.status,
+            "address": self.address,
+            "url": self.url,
+            "model_version": self.model_version,
+            "via": self.via,
+            "detail": self.detail,
+        }
+
+
+def report(checks: list[Check]) -> dict[str, Any]:
+    """`calops health --json`: the verdict, the service checks and one entry per replica."""
+    return {
+        "healthy": healthy(checks),
+        "checks": [c.as_dict() for c in checks if not isinstance(c, ReplicaCheck)],
+        "replicas": [c.as_replica() for c in checks if isinstance(c, ReplicaCheck)],
+    }
 
 
 def healthy(checks: list[Check]) -> bool:
@@ -106,6 +144,14 @@ def _api_verdict(response: httpx.Response) -> Verdict:
     return UP, f"serving model {version}" if version else "serving"
 
 
+def _served_version(response: httpx.Response) -> str | None:
+    """The model version a /healthz answer names, if it is the API's answer."""
+    from calapi.serving.schemas import Health
+
+    health = _parse(Health, response)
+    return health.model_version if health is not None else None
+
+
 def _reason(health: Health | None, response: httpx.Response) -> str:
     """Why the API does not serve: its health reason, else its error detail."""
     from calapi.serving.schemas import Problem
@@ -131,24 +177,132 @@ def probe_prometheus(client: httpx.Client, url: str) -> list[Check]:
     return [ready, _api_target(client, url)]
 
 
-def _api_target(client: httpx.Client, url: str) -> Check:
+def _active_targets(client: httpx.Client, url: str) -> list[dict[str, Any]] | str:
+    """Prometheus's active scrape targets, or why there are none to read."""
     response = _get(client, f"{url}/api/v1/targets?state=active")
     if isinstance(response, str):
-        return Check("prometheus", "target api", DOWN, response)
-    body = _json(response) or {}
-    targets = [
-        t
-        for t in body.get("data", {}).get("activeTargets", [])
-        if t.get("labels", {}).get("job") == "api"
-    ]
+        return response
+    body = _json(response)
+    if response.status_code != HTTPStatus.OK or not isinstance(body, dict):
+        return f"{url}/api/v1/targets: HTTP {response.status_code}"
+    targets = body.get("data", {}).get("activeTargets", [])
+    return [t for t in targets if isinstance(t, dict)]
+
+
+def _api_target(client: httpx.Client, url: str) -> Check:
+    """Every target of job ``api`` (one per API replica) is scraped."""
+    found = _active_targets(client, url)
+    if isinstance(found, str):
+        return Check("prometheus", "target api", DOWN, found)
+    targets = [t for t in found if t.get("labels", {}).get("job") == "api"]
     if not targets:
         return Check("prometheus", "target api", DOWN, "no scrape job named api")
     down = [t for t in targets if t.get("health") != "up"]
     if down:
         target = down[0]
-        why = target.get("lastError") or f"health {target.get('health', 'unknown')}"
-        return Check("prometheus", "target api", DOWN, f"{target.get('scrapeUrl')}: {why}")
-    return Check("prometheus", "target api", UP, f"UP ({targets[0].get('scrapeUrl')})")
+        why = _target_error(target)
+        detail = f"{target.get('scrapeUrl')}: {why}"
+        if len(targets) > 1:
+            detail = f"{len(down)} of {len(targets)} targets down; {detail}"
+        return Check("prometheus", "target api", DOWN, detail)
+    urls = ", ".join(str(t.get("scrapeUrl")) for t in targets)
+    every = f"all {len(targets)} " if len(targets) > 1 else ""
+    return Check("prometheus", "target api", UP, f"{every}UP ({urls})")
+
+
+def _target_error(target: dict[str, Any]) -> str:
+    return str(target.get("lastError") or f"health {target.get('health', 'unknown')}")
+
+
+def probe_replicas(
+    client: httpx.Client, replicas: Sequence[Replica], prometheus: str | None
+) -> list[ReplicaCheck]:
+    """One row per API process: its own /healthz when it has a URL from this machine, else
+    the health of Prometheus's target at its address (Prometheus asked once for them all)."""
+    scraped: tuple[list[dict[str, Any]] | str, dict[str, str]] | None = None
+    checks = []
+    for replica in replicas:
+        if replica.url is not None:
+            checks.append(_replica_from_healthz(client, replica, replica.url))
+            continue
+        if scraped is None:
+            scraped = _scraped(client, prometheus)
+        checks.append(_replica_from_prometheus(replica, *scraped))
+    return checks
+
+
+def _replica_from_healthz(client: httpx.Client, replica: Replica, url: str) -> ReplicaCheck:
+    response = _get(client, f"{url}/healthz")
+    if isinstance(response, str):
+        return _replica_row(replica, DOWN, response, via=VIA_HEALTHZ)
+    status, detail = _api_verdict(response)
+    version = _served_version(response)
+    return _replica_row(replica, status, detail, via=VIA_HEALTHZ, version=version)
+
+
+def _scraped(
+    client: httpx.Client, prometheus: str | None
+) -> tuple[list[dict[str, Any]] | str, dict[str, str]]:
+    """Prometheus's targets (or why not) and the model version each instance last reported."""
+    if prometheus is None:
+        return "no URL from this machine and no Prometheus in the stack to ask", {}
+    return _active_targets(client, prometheus), _model_versions(client, prometheus)
+
+
+def _model_versions(client: httpx.Client, prometheus: str) -> dict[str, str]:
+    """instance -> version of the app_model_info series Prometheus last scraped from it."""
+    response = _get(client, f"{prometheus}/api/v1/query?query=app_model_info")
+    body = _json(response) if not isinstance(response, str) else None
+    if not isinstance(body, dict):
+        return {}
+    series = body.get("data", {}).get("result", [])
+    return {
+        str(s["metric"]["instance"]): str(s["metric"]["version"])
+        for s in series
+        if isinstance(s, dict) and {"instance", "version"} <= set(s.get("metric", {}))
+    }
+
+
+def _replica_from_prometheus(
+    replica: Replica, targets: list[dict[str, Any]] | str, versions: dict[str, str]
+) -> ReplicaCheck:
+    if isinstance(targets, str):
+        # Not known to be down: Prometheus's own rows say what is wrong with it.
+        return _replica_row(replica, UNKNOWN, targets, via=VIA_PROMETHEUS, required=False)
+    target = next(
+        (t for t in targets if t.get("labels", {}).get("instance") == replica.address), None
+    )
+    if target is None:
+        detail = f"Prometheus has no scrape target at {replica.address}"
+        return _replica_row(replica, DOWN, detail, via=VIA_PROMETHEUS)
+    if target.get("health") != "up":
+        detail = f"Prometheus cannot scrape {target.get('scrapeUrl')}: {_target_error(target)}"
+        return _replica_row(replica, DOWN, detail, via=VIA_PROMETHEUS)
+    version = versions.get(replica.address)
+    detail = f"serving model {version}" if version else "scraped by Prometheus"
+    return _replica_row(replica, UP, detail, via=VIA_PROMETHEUS, version=version)
+
+
+def _replica_row(
+    replica: Replica,
+    status: str,
+    detail: str,
+    *,
+    via: str,
+    version: str | None = None,
+    required: bool = True,
+) -> ReplicaCheck:
+    return ReplicaCheck(
+        service="api",
+        check=replica.name,
+        status=status,
+        detail=detail,
+        required=required,
+        address=replica.address,
+        url=replica.url,
+        model_version=version if status == UP else None,
+        via=via,
+    )
 
 
 def probe_grafana(client: httpx.Client, url: str) -> Check:

@@ -2,13 +2,14 @@
 
 The runtime (Docker or local processes) does the starting and stopping; this module decides
 what to start, refuses taken ports before anything starts, trains a first model when there is
-none, waits for health and keeps the record in ``<home>/stack.json``.
+none, waits for health (of every API replica too) and keeps the record in
+``<home>/stack.json``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,12 @@ import httpx
 from calapi.errors import CalopsError
 from calapi.serving.server import port_free
 from calopsctl import health
-from calopsctl.health import ABSENT, DOWN, Check
+from calopsctl.health import ABSENT, DOWN, Check, ReplicaCheck
 from calopsctl.paths import project_base
 from calopsctl.runtime import runtime_named, select_runtime
-from calopsctl.runtime.base import Runtime, StackSpec
+from calopsctl.runtime.base import Replica, Runtime, StackSpec
 from calopsctl.secrets import GRAFANA_ADMIN_USER, grafana_admin_password, stored_password
-from calopsctl.services import MLFLOW, NAMES, RuntimeChoice, by_name
+from calopsctl.services import API, MLFLOW, NAMES, PROMETHEUS, RuntimeChoice, by_name
 from calopsctl.state import StackState, clear_state, load_state, save_state, state_path
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class UpOptions:
     timeout: float = 180.0
     config: Path | None = None
     model: str | None = None  # CALOPS_MODEL for the API; default: models:/NAME@ALIAS
+    replicas: int | None = None  # API processes; None: 1, or whatever already runs
 
 
 @dataclass
@@ -53,6 +55,7 @@ class UpResult:
     state: StackState
     already_running: bool
     checks: list[Check] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- up
@@ -63,11 +66,28 @@ def up(options: UpOptions, settings: CliSettings, say: Say) -> UpResult:
     running = _running_stack(settings, say)
     if running is not None:
         state, runtime = running
-        say(f"The stack is already running ({state.runtime} runtime, started {state.started}).")
-        return UpResult(state, already_running=True, checks=probe(state, runtime))
+        _refuse_other_replicas(state, options.replicas)
+        replicas = f", {state.replicas} API replicas" if state.replicas > 1 else ""
+        say(
+            f"The stack is already running ({state.runtime} runtime{replicas}, "
+            f"started {state.started})."
+        )
+        checks = probe(state, runtime)
+        return UpResult(state, True, checks, _replicas(runtime, state))
     selection = select_runtime(options.runtime, settings)
     say(f"Runtime: {selection.runtime.name} ({selection.reason}).")
     return _start(options, settings, selection.runtime, say)
+
+
+def _refuse_other_replicas(state: StackState, wanted: int | None) -> None:
+    """A running stack keeps its number of API replicas; changing it means starting anew."""
+    if wanted is None or wanted == state.replicas:
+        return
+    raise CalopsError(
+        f"The stack already runs {state.replicas} API replica{'s' * (state.replicas > 1)} "
+        f"({state.runtime} runtime); to run {wanted}, take it down with `calops down` and "
+        f"run `calops up --replicas {wanted}`."
+    )
 
 
 def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say) -> UpResult:
@@ -92,6 +112,7 @@ def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say
         ports=dict(spec.ports),
         started=datetime.now(UTC).isoformat(timespec="seconds"),
         services=available.services,
+        replicas=spec.replicas,
         extra={"absent": available.absent, "model": spec.model, "artifacts": str(spec.artifacts)},
     )
     first = [name for name in available.services if name == MLFLOW.name]
@@ -100,7 +121,7 @@ def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say
     prepare_model(state, runtime, spec, config=options.config, settings=settings, say=say)
     _start_step(runtime, spec, state, settings=settings, services=rest, say=say)
     checks = wait_healthy(state, runtime, spec.timeout) if spec.wait else []
-    return UpResult(state, already_running=False, checks=checks)
+    return UpResult(state, False, checks, _replicas(runtime, state))
 
 
 def _start_step(
@@ -163,6 +184,7 @@ def _spec(options: UpOptions, settings: CliSettings) -> StackSpec:
         build=options.build,
         wait=options.wait,
         timeout=options.timeout,
+        replicas=options.replicas or 1,
     )
 
 
@@ -239,8 +261,8 @@ def _rmsle(metrics: Any) -> str:
 
 
 def probe(state: StackState, runtime: Runtime, only: Collection[str] | None = None) -> list[Check]:
-    """One pass over every check (or those of ``only``); a service whose process or container
-    died is marked so."""
+    """One pass over every check (or those of ``only``), each API replica's row after the
+    API's; a service or replica whose process or container died is marked so."""
     alive = _alive(runtime, state)
     absent: dict[str, str] = state.extra.get("absent", {})
     checks: list[Check] = []
@@ -254,15 +276,31 @@ def probe(state: StackState, runtime: Runtime, only: Collection[str] | None = No
                 continue
             found = health.probe_service(client, name, state.url(name))
             if alive.get(name) is False:
-                found = [_exited(check, runtime, state) for check in found]
+                found = [_exited(check, check.service, runtime, state) for check in found]
             checks.extend(found)
+            if name == API.name:
+                checks.extend(_probe_replicas(client, state, runtime))
     return checks
 
 
-def _exited(check: Check, runtime: Runtime, state: StackState) -> Check:
-    where = runtime.log_hint(state, check.service)
-    detail = f"{EXITED}: {check.service} is no longer running; its log: {where}"
-    return Check(check.service, check.check, DOWN, detail, check.required)
+def _probe_replicas(client: httpx.Client, state: StackState, runtime: Runtime) -> list[Check]:
+    try:
+        replicas = runtime.replicas(state)
+    except CalopsError as exc:
+        return [Check(API.name, "replicas", DOWN, f"cannot list the API replicas: {exc}")]
+    prometheus = state.url(PROMETHEUS.name) if PROMETHEUS.name in state.services else None
+    found = health.probe_replicas(client, replicas, prometheus)
+    return [
+        check if replica.running else _exited(check, replica.name, runtime, state)
+        for replica, check in zip(replicas, found, strict=True)
+    ]
+
+
+def _exited(check: Check, name: str, runtime: Runtime, state: StackState) -> Check:
+    """``check`` as down because the process or container ``name`` no longer runs."""
+    where = runtime.log_hint(state, name)
+    detail = f"{EXITED}: {name} is no longer running; its log: {where}"
+    return replace(check, status=DOWN, detail=detail)
 
 
 def _alive(runtime: Runtime, state: StackState) -> dict[str, bool]:
@@ -284,8 +322,11 @@ def wait_healthy(
     bad = health.failing(checks)
     if bad:
         first = bad[0]
-        label = by_name(first.service).label
-        tail = runtime.log_tail(state, first.service) or "(the log is empty)"
+        if isinstance(first, ReplicaCheck):
+            label, name = f"API replica {first.name} ({first.address})", first.name
+        else:
+            label, name = by_name(first.service).label, first.service
+        tail = runtime.log_tail(state, name) or "(the log is empty)"
         raise CalopsError(
             f"{label} did not become healthy ({first.check}: {first.detail}); "
             f"last lines of its log:\n{tail}\nRun `calops down` to remove what was started."
@@ -320,7 +361,10 @@ def down(settings: CliSettings, *, volumes: bool, say: Say) -> list[str]:
     clear_state(settings.home)
     say(f"Stopped: {', '.join(stopped)}." if stopped else "No service was still running.")
     if volumes:
-        say("Removed the stack's data (MLflow runs, Prometheus and Grafana data).")
+        say(
+            "Removed the stack's data (MLflow runs, Prometheus and Grafana data, the prediction "
+            "log)."
+        )
     return stopped
 
 
@@ -335,11 +379,19 @@ def info(settings: CliSettings) -> dict[str, Any]:
         "started": state.started,
         "model": api.get("model") if "error" not in api else {"error": api["error"]},
         "services": _service_rows(state, settings),
+        "replicas": [asdict(replica) for replica in _replicas(runtime, state)],
         "tracking_uri": state.url("mlflow"),
         "logs": runtime.where_logs(state),
         "state_file": str(state_path(settings.home)),
         "api": api,
     }
+
+
+def _replicas(runtime: Runtime, state: StackState) -> list[Replica]:
+    try:
+        return runtime.replicas(state)
+    except CalopsError:
+        return []
 
 
 def _api_info(url: str) -> dict[str, Any]:
@@ -377,7 +429,11 @@ def _credentials(name: str, settings: CliSettings) -> str | None:
 
 def summary_rows(result: UpResult, settings: CliSettings) -> list[dict[str, Any]]:
     """Service, URL, status and credentials for the table `calops up` ends with."""
-    status = {c.service: c.status for c in result.checks if c.status == DOWN}
+    status = {
+        c.service: c.status
+        for c in result.checks
+        if c.status == DOWN and not isinstance(c, ReplicaCheck)
+    }
     rows = _service_rows(result.state, settings)
     for row in rows:
         if row["absent"]:
@@ -387,6 +443,21 @@ def summary_rows(result: UpResult, settings: CliSettings) -> list[dict[str, Any]
         else:
             row["status"] = "started"
     return rows
+
+
+def replica_rows(result: UpResult) -> list[dict[str, Any]]:
+    """Each API replica after `calops up`: name, address, URL and its health status (or
+    started / exited when up did not wait for health)."""
+    status = {c.name: c.status for c in result.checks if isinstance(c, ReplicaCheck)}
+    return [
+        {
+            "name": replica.name,
+            "address": replica.address,
+            "url": replica.url,
+            "status": status.get(replica.name, "started" if replica.running else EXITED),
+        }
+        for replica in result.replicas
+    ]
 
 
 def logs(settings: CliSettings, name: str | None, *, follow: bool, tail: int) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
 
 from calopsctl.console import interactive, out
-from calopsctl.health import ABSENT, DOWN, Check, healthy
+from calopsctl.health import ABSENT, DOWN, Check, ReplicaCheck, healthy
 
-COLOURS = {"up": "green", "healthy": "green", "started": "yellow", DOWN: "red", ABSENT: "dim"}
+COLOURS = {
+    "up": "green",
+    "healthy": "green",
+    "started": "yellow",
+    DOWN: "red",
+    "exited": "red",
+    ABSENT: "dim",
+}
 
 
 def _colour(status: str) -> str:
@@ -30,8 +38,21 @@ def _emit(title: str, columns: list[str], rows: list[list[str]]) -> None:
         out.print("  ".join(cell for cell in row if cell), markup=False)
 
 
-def show_services(rows: list[dict[str, Any]]) -> None:
-    """The table `calops up` ends with: service, URL, status, credentials."""
+def show_services(rows: list[dict[str, Any]], replicas: Sequence[dict[str, Any]] = ()) -> None:
+    """The table `calops up` ends with: service, URL, status, credentials; several API
+    replicas each get a row after the API's, with the address it alone answers at."""
+    listed = list(rows)
+    if len(replicas) > 1:
+        at = next((i + 1 for i, row in enumerate(listed) if row["service"] == "api"), 0)
+        listed[at:at] = [
+            {
+                "service": f"  {r['name']}",
+                "url": r["url"] or r["address"],
+                "status": r["status"],
+                "credentials": None,
+            }
+            for r in replicas
+        ]
     cells = [
         [
             r["service"],
@@ -39,20 +60,26 @@ def show_services(rows: list[dict[str, Any]]) -> None:
             _colour(r["status"]) if interactive() else r["status"],
             r["credentials"] or "",
         ]
-        for r in rows
+        for r in listed
     ]
     _emit("calops stack", ["service", "URL", "status", "credentials"], cells)
 
 
 def show_health(checks: list[Check]) -> None:
-    """One row per check, and a closing verdict."""
+    """One row per check (an API replica's names it and its address), and a closing verdict."""
     cells = [
-        [c.service, c.check, _colour(c.status) if interactive() else c.status, c.detail]
+        [c.service, _check_cell(c), _colour(c.status) if interactive() else c.status, c.detail]
         for c in checks
     ]
     _emit("calops health", ["service", "check", "status", "detail"], cells)
     verdict = "All required services are healthy." if healthy(checks) else "Unhealthy."
     out.print(verdict if not interactive() else f"[bold]{verdict}[/]", markup=interactive())
+
+
+def _check_cell(check: Check) -> str:
+    if isinstance(check, ReplicaCheck):
+        return f"{check.name} ({check.address})"
+    return check.check
 
 
 def show_info(data: dict[str, Any]) -> None:
@@ -65,6 +92,10 @@ def show_info(data: dict[str, Any]) -> None:
         f"logs: {data['logs']}",
         f"state: {data['state_file']}",
     ]
+    replicas = data.get("replicas") or []
+    if len(replicas) > 1:
+        names = ", ".join(f"{r['name']} {r['url'] or r['address']}" for r in replicas)
+        lines.append(f"API replicas: {names}")
     for line in lines:
         out.print(line, markup=False)
     rows = [

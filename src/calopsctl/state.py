@@ -26,7 +26,8 @@ class StackState:
     project: str = "calops"
     started: str = ""
     services: list[str] = field(default_factory=lambda: list(NAMES))
-    pids: dict[str, int] = field(default_factory=dict)  # local runtime only
+    replicas: int = 1  # API processes behind the one API address (`calops up --replicas`)
+    pids: dict[str, int] = field(default_factory=dict)  # local runtime: process name -> pid
     logs: str = ""  # folder of per-service logs (local) or "" (docker: `calops logs`)
     extra: dict[str, Any] = field(default_factory=dict)
 

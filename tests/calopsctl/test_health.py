@@ -9,7 +9,9 @@ import httpx
 import pytest
 
 from calopsctl import health
-from calopsctl.health import ABSENT, DOWN, UP, Check
+from calopsctl.health import ABSENT, DOWN, UNKNOWN, UP, Check, ReplicaCheck
+from calopsctl.runtime.base import Replica
+from stacktools import serve_json
 
 URL = "http://127.0.0.1:9"
 
@@ -32,12 +34,14 @@ def _targets(*targets: dict[str, Any]) -> Callable[[], httpx.Response]:
     return _json(200, {"status": "success", "data": {"activeTargets": list(targets)}})
 
 
-def _target(job: str, state: str, error: str = "") -> dict[str, Any]:
+def _target(
+    job: str, state: str, error: str = "", instance: str = "127.0.0.1:8000"
+) -> dict[str, Any]:
     return {
-        "labels": {"job": job},
+        "labels": {"job": job, "instance": instance},
         "health": state,
         "lastError": error,
-        "scrapeUrl": "http://127.0.0.1:8000/metrics",
+        "scrapeUrl": f"http://{instance}/metrics",
     }
 
 
@@ -201,3 +205,169 @@ def test_probe_against_the_real_api(live_api: str) -> None:
         check = health.probe_api(client, live_api)
     assert check.status == UP
     assert check.detail.startswith("serving model ")
+
+
+def test_api_target_counts_every_replica() -> None:
+    """Several api targets: up only when every one is, naming how many are down and why."""
+    targets = [_target("api", "up", instance=f"127.0.0.1:900{i}") for i in (1, 2, 3)]
+    ready = {"/-/ready": lambda: httpx.Response(200)}
+    client = _client({**ready, "/api/v1/targets": _targets(*targets)})
+    target = health.probe_prometheus(client, URL)[1]
+    assert target.status == UP
+    assert target.detail.startswith("all 3 UP (http://127.0.0.1:9001/metrics, ")
+    targets[1] = _target("api", "down", "connection refused", instance="127.0.0.1:9002")
+    client = _client({**ready, "/api/v1/targets": _targets(*targets)})
+    target = health.probe_prometheus(client, URL)[1]
+    assert target.status == DOWN
+    assert target.detail == (
+        "1 of 3 targets down; http://127.0.0.1:9002/metrics: connection refused"
+    )
+
+
+def _by_port(answers: dict[int, Callable[[], httpx.Response]]) -> httpx.Client:
+    """A client where each loopback port answers /healthz its own way (refused when absent)."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        route = answers.get(request.url.port or 0)
+        if route is None or request.url.path != "/healthz":
+            raise httpx.ConnectError("connection refused", request=request)
+        return route()
+
+    return httpx.Client(transport=httpx.MockTransport(answer))
+
+
+def _local(name: str, port: int, *, running: bool = True) -> Replica:
+    return Replica(name, running, f"127.0.0.1:{port}", f"http://127.0.0.1:{port}")
+
+
+def test_replicas_with_a_url_answer_for_themselves() -> None:
+    """A replica with a URL is judged by its own /healthz: its model version when it serves,
+    the reason when it does not, the URL when nothing answers; Prometheus is not asked."""
+    client = _by_port(
+        {
+            9001: _json(200, {"status": "ok", "model_loaded": True, "model_version": "v7"}),
+            9003: _json(503, {"status": "unavailable", "model_loaded": False, "reason": "none"}),
+        }
+    )
+    replicas = [_local("api-1", 9001), _local("api-2", 9002), _local("api-3", 9003)]
+    rows = health.probe_replicas(client, replicas, prometheus="http://127.0.0.1:1")
+    assert [(r.name, r.status, r.model_version, r.via) for r in rows] == [
+        ("api-1", UP, "v7", "/healthz"),
+        ("api-2", DOWN, None, "/healthz"),
+        ("api-3", DOWN, None, "/healthz"),
+    ]
+    assert rows[0].detail == "serving model v7"
+    assert rows[1].detail == "no answer at http://127.0.0.1:9002/healthz (connection refused)"
+    assert rows[2].detail == "HTTP 503: none"
+    assert all(r.service == "api" and r.required for r in rows)
+    assert not health.healthy(list(rows))
+
+
+def _in_network(name: str, address: str) -> Replica:
+    """A replica as the Docker runtime gives it: reachable only inside the compose network."""
+    return Replica(name, running=True, address=address, url=None)
+
+
+def test_replicas_without_a_url_are_read_from_prometheus_targets() -> None:
+    """Without a URL a replica's health is Prometheus's target at its address (up, or down
+    with lastError, or missing), its version from app_model_info; Prometheus is asked once."""
+    targets = {
+        "status": "success",
+        "data": {
+            "activeTargets": [
+                _target("prometheus", "up", instance="localhost:9090"),
+                _target("api", "up", instance="172.18.0.5:8000"),
+                _target("api", "down", "context deadline exceeded", instance="172.18.0.6:8000"),
+            ]
+        },
+    }
+    model_info = {
+        "status": "success",
+        "data": {
+            "resultType": "vector",
+            "result": [
+                {
+                    "metric": {"__name__": "app_model_info", "instance": "172.18.0.5:8000",
+                               "job": "api", "version": "calories/3", "alias": "champion"},
+                    "value": [1700000000.0, "1"],
+                }
+            ],
+        },
+    }  # fmt: skip
+    replicas = [
+        _in_network("api-1", "172.18.0.5:8000"),
+        _in_network("api-2", "172.18.0.6:8000"),
+        _in_network("api-3", "172.18.0.7:8000"),
+    ]
+    routes = {"/api/v1/targets": lambda: (200, targets), "/api/v1/query": lambda: (200, model_info)}
+    with serve_json(routes) as (prometheus, asked), httpx.Client(timeout=5) as client:
+        rows = health.probe_replicas(client, replicas, prometheus)
+    assert asked == ["/api/v1/targets", "/api/v1/query"]
+    assert [(r.name, r.status, r.model_version, r.via) for r in rows] == [
+        ("api-1", UP, "calories/3", "prometheus"),
+        ("api-2", DOWN, None, "prometheus"),
+        ("api-3", DOWN, None, "prometheus"),
+    ]
+    assert rows[0].detail == "serving model calories/3"
+    assert rows[1].detail == (
+        "Prometheus cannot scrape http://172.18.0.6:8000/metrics: context deadline exceeded"
+    )
+    assert rows[2].detail == "Prometheus has no scrape target at 172.18.0.7:8000"
+    assert [r.url for r in rows] == [None, None, None]
+
+
+def test_replica_without_a_url_before_its_first_scrape_is_down() -> None:
+    """A target Prometheus has not scraped yet (health "unknown") is not taken for up."""
+    targets = {"data": {"activeTargets": [_target("api", "unknown", instance="10.0.0.2:8000")]}}
+    replica = _in_network("api-1", "10.0.0.2:8000")
+    routes = {"/api/v1/targets": lambda: (200, targets)}
+    with serve_json(routes) as (prometheus, _asked), httpx.Client(timeout=5) as client:
+        [row] = health.probe_replicas(client, [replica], prometheus)
+    assert row.status == DOWN
+    assert row.detail.endswith(": health unknown")
+
+
+def test_replica_without_a_url_or_prometheus_is_unknown_not_failing() -> None:
+    """No URL and nothing to ask: unknown, which does not fail the stack by itself; when
+    Prometheus does not answer, the replica row says why."""
+    [row] = health.probe_replicas(_client({}), [_in_network("api-1", "10.0.0.2:8000")], None)
+    assert (row.status, row.required) == (UNKNOWN, False)
+    assert "no Prometheus in the stack" in row.detail
+    assert health.healthy([row])
+    [row] = health.probe_replicas(_client({}), [_in_network("api-1", "10.0.0.2:8000")], URL)
+    assert row.status == UNKNOWN
+    assert row.detail == f"no answer at {URL}/api/v1/targets?state=active (connection refused)"
+
+
+def test_report_lists_checks_and_replicas_apart() -> None:
+    """`health --json`: service checks under checks, one entry per replica under replicas;
+    a replica down makes the stack unhealthy."""
+    replica = ReplicaCheck(
+        "api", "api-2", DOWN, "exited", address="127.0.0.1:9002", url="http://127.0.0.1:9002",
+        via="/healthz",
+    )  # fmt: skip
+    report = health.report([Check("api", "/healthz", UP, "serving"), replica])
+    assert report["healthy"] is False
+    assert [c["check"] for c in report["checks"]] == ["/healthz"]
+    assert report["replicas"] == [
+        {
+            "name": "api-2",
+            "status": DOWN,
+            "address": "127.0.0.1:9002",
+            "url": "http://127.0.0.1:9002",
+            "model_version": None,
+            "via": "/healthz",
+            "detail": "exited",
+        }
+    ]
+
+
+@pytest.mark.integration
+def test_replica_probe_against_the_real_api(live_api: str) -> None:
+    """A real API process checked as a replica by its URL answers up with its version."""
+    address = live_api.removeprefix("http://")
+    with httpx.Client(timeout=5) as client:
+        [row] = health.probe_replicas(client, [Replica("api-1", True, address, live_api)], None)
+    assert row.status == UP
+    assert row.model_version
+    assert row.detail == f"serving model {row.model_version}"

@@ -7,19 +7,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from calapi.serving.server import port_free
 from calopsctl.runtime import processes
-from calopsctl.services import NAMES, SERVICES
+from calopsctl.services import NAMES
+from stacktools import Stack, port_options, small_config, stack_env
 from support import api_argv, free_port, running
 
 pytestmark = [
@@ -27,80 +24,30 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed"),
 ]
 
-CALOPS = [sys.executable, "-c", "from calopsctl.cli import app; app()"]
-
-
-@dataclass
-class Stack:
-    """A stack brought up by the real CLI in its own folder."""
-
-    folder: Path
-    env: dict[str, str]
-    ports: dict[str, int]
-    up: subprocess.CompletedProcess[str]
-
-    def calops(self, *args: str, folder: Path | None = None) -> subprocess.CompletedProcess[str]:
-        where = folder or self.folder
-        env = {**self.env, "CALOPS_HOME": str(where / ".calops")}
-        return subprocess.run(
-            [*CALOPS, *args],
-            cwd=where,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-            check=False,
-        )
-
-    def state(self) -> dict[str, Any]:
-        path = self.folder / ".calops" / "stack.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    def pids(self) -> dict[str, int]:
-        return dict(self.state().get("pids", {}))
-
-
-def _port_options(ports: dict[str, int]) -> list[str]:
-    return [arg for s in SERVICES for arg in (s.port_flag, str(ports[s.name]))]
-
-
-def _small_config(folder: Path) -> Path:
-    config = folder / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data": {"source": "synthetic", "synthetic_rows": 2000, "synthetic_seed": 5},
-                "model": {"params": {"max_iter": 30, "learning_rate": 0.2}},
-                "outputs": {"dir": "artifacts"},
-            }
-        )
-    )
-    return config
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One real local stack for the whole module; `up` registers the tiny configured model."""
     folder = tmp_path_factory.mktemp("stack")
-    _small_config(folder)
-    unset = {"MLFLOW_TRACKING_URI", "GRAFANA_ADMIN_PASSWORD", *(s.port_env for s in SERVICES)}
-    env = {k: v for k, v in os.environ.items() if k not in unset}
+    small_config(folder)
     ports = {name: free_port() for name in NAMES}
-    handle = Stack(folder, env, ports, up=subprocess.CompletedProcess([], 0, "", ""))
+    handle = Stack(folder, stack_env(), ports, up=subprocess.CompletedProcess([], 0, "", ""))
     try:
-        handle.up = handle.calops("up", "--runtime", "local", *_port_options(ports), "--json")
+        handle.up = handle.calops("up", "--runtime", "local", *port_options(ports), "--json")
         yield handle
     finally:
         handle.calops("down")
-        for pid in handle.pids().values():
-            processes.stop_group(pid, grace=2)
+        processes.stop_groups(handle.pids().values(), grace=2)
 
 
 def test_up_starts_every_installed_service(stack: Stack) -> None:
     """up exits 0, says it chose local, and reports each service healthy or absent."""
     assert stack.up.returncode == 0, stack.up.stderr
     assert "Runtime: local (asked for with --runtime local)." in stack.up.stderr
-    rows = {row["service"]: row for row in json.loads(stack.up.stdout)["services"]}
+    report = json.loads(stack.up.stdout)
+    rows = {row["service"]: row for row in report["services"]}
+    assert [r["name"] for r in report["replicas"]] == ["api-1"], "one API process by default"
+    assert report["replicas"][0]["url"] == f"http://127.0.0.1:{stack.ports['api']}"
     for service in ("api", "prometheus", "mlflow"):
         assert rows[service]["status"] == "healthy"
         assert rows[service]["url"] == f"http://127.0.0.1:{stack.ports[service]}"
@@ -112,10 +59,13 @@ def test_health_passes_with_prometheus_scraping_the_api(stack: Stack) -> None:
     """health exits 0 and Prometheus's api target is UP."""
     result = stack.calops("health", "--json", "--wait", "60")
     assert result.returncode == 0, result.stdout + result.stderr
-    checks = json.loads(result.stdout)["checks"]
-    target = next(c for c in checks if c["check"] == "target api")
+    report = json.loads(result.stdout)
+    target = next(c for c in report["checks"] if c["check"] == "target api")
     assert target["status"] == "up"
     assert f"127.0.0.1:{stack.ports['api']}/metrics" in target["detail"]
+    [replica] = report["replicas"]
+    assert (replica["name"], replica["status"], replica["via"]) == ("api-1", "up", "/healthz")
+    assert replica["model_version"].startswith("calories/")
 
 
 def test_health_table_in_plain_lines(stack: Stack) -> None:
@@ -150,7 +100,7 @@ def test_info_json_shows_the_served_model(stack: Stack) -> None:
 def test_second_up_reports_the_running_stack(stack: Stack) -> None:
     """A second up starts nothing and says what already runs."""
     before = stack.pids()
-    result = stack.calops("up", "--runtime", "local", *_port_options(stack.ports))
+    result = stack.calops("up", "--runtime", "local", *port_options(stack.ports))
     assert result.returncode == 0, result.stderr
     assert "already running" in result.stderr
     assert stack.pids() == before
@@ -160,7 +110,7 @@ def test_port_taken_by_the_stack_is_refused_elsewhere(stack: Stack, tmp_path: Pa
     """A second stack from another folder on the same API port fails naming port and flag."""
     shutil.copytree(stack.folder / "artifacts", tmp_path / "artifacts")
     ports = {**{s: free_port() for s in stack.ports}, "api": stack.ports["api"]}
-    result = stack.calops("up", "--runtime", "local", *_port_options(ports), folder=tmp_path)
+    result = stack.calops("up", "--runtime", "local", *port_options(ports), folder=tmp_path)
     assert result.returncode == 1
     api = stack.ports["api"]
     assert f"Port {api} (API) is already in use; pick another with --host-port" in result.stderr
@@ -168,10 +118,11 @@ def test_port_taken_by_the_stack_is_refused_elsewhere(stack: Stack, tmp_path: Pa
 
 
 def test_logs_show_the_api_log(stack: Stack) -> None:
-    """logs api prints the API's log lines, prefixed with the service."""
+    """logs api prints the API's log lines, prefixed with its one replica."""
     result = stack.calops("logs", "api", "--tail", "5")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("api        | ")
+    assert result.stdout.startswith("api-1      | ")
+    assert (stack.folder / ".calops" / "logs" / "api-1.log").is_file()
 
 
 def test_train_logs_to_the_stack_and_api_serves_the_alias(stack: Stack, tmp_path: Path) -> None:

@@ -8,27 +8,33 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 import yaml
 
+from calapi.serving.server import port_free
 from calopsctl.paths import stack_dir
 from calopsctl.runtime import processes
-from calopsctl.runtime.base import StackSpec
-from calopsctl.runtime.local import LocalRuntime
+from calopsctl.runtime.base import Replica, StackSpec
+from calopsctl.runtime.local import REPLICA_PORTS, LocalRuntime, pick_replica_ports
 from calopsctl.state import StackState
 
 PORTS = {"api": 18001, "prometheus": 19091, "grafana": 13001, "mlflow": 15001}
+OWN_PORTS = {"api-1": 28001, "api-2": 28002, "api-3": 28003}
+RULES = [
+    str(stack_dir().resolve() / "prometheus" / name) for name in ("recording.yml", "alerts.yml")
+]
 
 
-def _spec(tmp_path: Path) -> StackSpec:
+def _spec(tmp_path: Path, replicas: int = 1) -> StackSpec:
     return StackSpec(
         ports=PORTS,
         artifacts=tmp_path / "artifacts",
         model=str(tmp_path / "artifacts"),
         grafana_password="pw-123",
+        replicas=replicas,
     )
 
 
@@ -45,19 +51,83 @@ def test_missing_binaries_are_absent_with_a_hint(tmp_path: Path) -> None:
     assert "grafana-server is not installed" in available.absent["grafana"]
 
 
-def test_api_plan_serves_the_model_with_the_stack_tracking_uri(tmp_path: Path) -> None:
-    """The API runs under uvicorn on loopback with CALOPS_MODEL and the stack's MLflow URL."""
-    plan = LocalRuntime(tmp_path).plans(_spec(tmp_path), ["api"])[0]
-    assert plan.argv[:5] == [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "calapi.serving.app:create_app",
-    ]
-    assert plan.argv[-4:] == ["--host", "127.0.0.1", "--port", "18001"]
+def test_api_plan_serves_the_model_with_the_stack_tracking_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One replica: `python -m calapi.serving` alone on the API port (no port sharing, whatever
+    the caller's environment says), with CALOPS_MODEL, the stack's MLflow URL and its log."""
+    monkeypatch.setenv("CALOPS_REUSE_PORT", "true")
+    monkeypatch.setenv("CALOPS_OWN_PORT", "4321")
+    monkeypatch.setenv("CALOPS_WORKERS", "4")
+    plans = LocalRuntime(tmp_path).plans(_spec(tmp_path), ["api"])
+    assert [(plan.name, plan.service) for plan in plans] == [("api-1", "api")]
+    plan = plans[0]
+    assert plan.argv == [sys.executable, "-m", "calapi.serving"]
+    assert plan.env["CALOPS_HOST"] == "127.0.0.1"
+    assert plan.env["CALOPS_PORT"] == "18001"
+    assert plan.env["CALOPS_REUSE_PORT"] == "false"
+    assert "CALOPS_OWN_PORT" not in plan.env
+    assert plan.env["CALOPS_WORKERS"] == "1"
+    assert plan.env["CALOPS_PREDICTION_LOG"] == str(tmp_path / "predictions.db")
     assert plan.env["CALOPS_MODEL"] == str(tmp_path / "artifacts")
     assert plan.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15001"
+
+
+def test_api_plans_for_three_replicas_share_the_port_and_the_log(tmp_path: Path) -> None:
+    """Three replicas: three processes on the API port with SO_REUSEPORT, each alone on its
+    own port, all writing the stack's one prediction log."""
+    plans = LocalRuntime(tmp_path).plans(_spec(tmp_path, replicas=3), ["api"], OWN_PORTS)
+    assert [plan.name for plan in plans] == ["api-1", "api-2", "api-3"]
+    assert {plan.service for plan in plans} == {"api"}
+    for plan, own in zip(plans, OWN_PORTS.values(), strict=True):
+        assert plan.argv == [sys.executable, "-m", "calapi.serving"]
+        assert plan.env["CALOPS_PORT"] == "18001"
+        assert plan.env["CALOPS_REUSE_PORT"] == "true"
+        assert plan.env["CALOPS_OWN_PORT"] == str(own)
+        assert plan.env["CALOPS_PREDICTION_LOG"] == str(tmp_path / "predictions.db")
+
+
+def test_replica_ports_are_the_api_port_alone_or_free_distinct_ports(tmp_path: Path) -> None:
+    """A single replica's own port is the API port; several get distinct free ports that are
+    none of the stack's."""
+    assert pick_replica_ports(_spec(tmp_path)) == {"api-1": 18001}
+    ports = pick_replica_ports(_spec(tmp_path, replicas=5))
+    assert list(ports) == ["api-1", "api-2", "api-3", "api-4", "api-5"]
+    assert len(set(ports.values())) == 5
+    assert not set(ports.values()) & set(PORTS.values())
+    assert all(port_free(port) for port in ports.values())
+
+
+def test_up_spawns_each_replica_with_its_log_and_records_its_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """up starts api-1..api-3 as separate processes logging to logs/api-<i>.log, saves each
+    pid as it starts, and records the ports Prometheus is told to scrape."""
+    spawned: list[tuple[Sequence[str], Mapping[str, str], Path]] = []
+
+    def spawn(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> int:
+        spawned.append((argv, env, log))
+        return 1000 + len(spawned)
+
+    monkeypatch.setattr(processes, "spawn", spawn)
+    runtime = LocalRuntime(tmp_path, which=_which({"prometheus": "/usr/bin/prometheus"}))
+    spec = _spec(tmp_path, replicas=3)
+    state = StackState(runtime="local", ports=PORTS, services=["api", "prometheus", "mlflow"])
+    saved: list[dict[str, int]] = []
+    runtime.up(spec, state, lambda record: saved.append(dict(record.pids)), ["mlflow"])
+    assert REPLICA_PORTS not in state.extra, "no port is held while only MLflow starts"
+    runtime.up(spec, state, lambda record: saved.append(dict(record.pids)), ["api", "prometheus"])
+    own = state.extra[REPLICA_PORTS]
+    assert list(own) == ["api-1", "api-2", "api-3"]
+    assert list(state.pids) == ["mlflow", "api-1", "api-2", "api-3", "prometheus"]
+    assert [log.name for _, _, log in spawned[1:4]] == ["api-1.log", "api-2.log", "api-3.log"]
+    assert [env["CALOPS_OWN_PORT"] for _, env, _ in spawned[1:4]] == [str(p) for p in own.values()]
+    assert len(saved) == 5, "the record is saved as each process starts"
+    assert saved[-1] == state.pids
+    config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = [f"127.0.0.1:{port}" for port in own.values()]
+    assert jobs["api"]["static_configs"] == [{"targets": targets}]
 
 
 def test_mlflow_plan_uses_sqlite_and_serves_artifacts(tmp_path: Path) -> None:
@@ -80,15 +150,28 @@ def test_prometheus_config_scrapes_the_local_api(tmp_path: Path) -> None:
     config = yaml.safe_load(config_path.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["api"]["static_configs"] == [{"targets": ["127.0.0.1:18001"]}]
+    assert "dns_sd_configs" not in jobs["api"]  # the compose replicas' discovery is dropped
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:19091"]}]
-    assert config["rule_files"] == [str(stack_dir().resolve() / "prometheus" / "alerts.yml")]
+    assert config["rule_files"] == RULES
+
+
+def test_prometheus_config_scrapes_every_replica_on_its_own_port(tmp_path: Path) -> None:
+    """With three replicas job api has three targets, each replica's own port (not the shared
+    API port, which would reach a random one); the rule files are still the shipped ones."""
+    runtime = LocalRuntime(tmp_path, which=_which({"prometheus": "/usr/bin/prometheus"}))
+    runtime.plans(_spec(tmp_path, replicas=3), ["api", "prometheus"], OWN_PORTS)
+    config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    targets = ["127.0.0.1:28001", "127.0.0.1:28002", "127.0.0.1:28003"]
+    assert jobs["api"]["static_configs"] == [{"targets": targets}]
+    assert config["rule_files"] == RULES
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_generated_prometheus_config_passes_promtool(tmp_path: Path) -> None:
-    """promtool accepts the generated config together with the shipped alert rules."""
+    """promtool accepts the generated config (three replicas) with the shipped rule files."""
     runtime = LocalRuntime(tmp_path, which=_which({"prometheus": "/usr/bin/prometheus"}))
-    runtime.plans(_spec(tmp_path), ["api", "prometheus"])
+    runtime.plans(_spec(tmp_path, replicas=3), ["api", "prometheus"], OWN_PORTS)
     result = subprocess.run(
         ["promtool", "check", "config", str(tmp_path / "prometheus" / "prometheus.yml")],
         capture_output=True,
@@ -183,6 +266,78 @@ def test_down_clears_processes_and_volumes(tmp_path: Path) -> None:
     assert runtime.alive(state) == {"api": False}
     assert not (tmp_path / "mlflow").exists()
     assert runtime.down(state, volumes=False) == [], "a second down finds nothing to stop"
+
+
+def _replica_state(runtime: LocalRuntime, count: int) -> StackState:
+    """A recorded stack whose API replicas (and MLflow) are real sleeping process groups."""
+    names = [f"api-{i}" for i in range(1, count + 1)]
+    pids = {}
+    for name in [*names, "mlflow"]:
+        pids[name] = processes.spawn(_sleeper_with_child(), env={}, log=runtime.log_path(name))
+    for name in pids:
+        _wait_for(runtime.log_path(name), "ready")
+    own = {name: 28000 + i for i, name in enumerate(names, start=1)}
+    return StackState(
+        runtime="local",
+        ports=PORTS,
+        services=["api", "mlflow"],
+        replicas=count,
+        pids=pids,
+        extra={REPLICA_PORTS: own},
+    )
+
+
+def _killed(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(50):
+        if not processes.leader_alive(pid):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{pid} still runs after SIGKILL")
+
+
+def test_replicas_alive_and_down(tmp_path: Path) -> None:
+    """Each replica reports its own process; the API runs while one does; down stops every
+    group (a dead replica's leftover children too) and --volumes removes the prediction log
+    with the data folders."""
+    runtime = LocalRuntime(tmp_path)
+    state = _replica_state(runtime, 3)
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"predictions.db{suffix}").write_text("x")
+        assert runtime.replicas(state) == [
+            Replica(f"api-{i}", True, f"127.0.0.1:2800{i}", f"http://127.0.0.1:2800{i}")
+            for i in (1, 2, 3)
+        ]
+        _killed(state.pids["api-2"])
+        assert [r.running for r in runtime.replicas(state)] == [True, False, True]
+        assert runtime.alive(state) == {"api": True, "mlflow": True}
+        _killed(state.pids["api-1"])
+        _killed(state.pids["api-3"])
+        assert runtime.alive(state) == {"api": False, "mlflow": True}
+        assert sorted(runtime.down(state, volumes=True)) == ["api-1", "api-2", "api-3", "mlflow"]
+        assert not any(processes.group_alive(pid) for pid in state.pids.values())
+        assert not list(tmp_path.glob("predictions.db*"))
+    finally:
+        processes.stop_groups(state.pids.values(), grace=1)
+
+
+def test_replica_logs_are_prefixed_by_replica(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`calops logs api` shows every replica's log, each line after the replica's name; a
+    replica's own log is named in its hint."""
+    runtime = LocalRuntime(tmp_path)
+    runtime.log_dir.mkdir(parents=True)
+    for i in (1, 2):
+        runtime.log_path(f"api-{i}").write_text(f"started {i}\nserving {i}\n")
+    own = {"api-1": 28001, "api-2": 28002}
+    state = StackState(runtime="local", ports=PORTS, extra={REPLICA_PORTS: own})
+    runtime.stream_logs(state, ["api"], follow=False, tail=1)
+    assert capsys.readouterr().out == "api-1      | serving 1\napi-2      | serving 2\n"
+    assert runtime.log_tail(state, "api", 1) == "api-1      | serving 1\napi-2      | serving 2"
+    assert runtime.log_tail(state, "api-2", 1) == "serving 2"
+    assert runtime.log_hint(state, "api-2") == str(tmp_path / "logs" / "api-2.log")
 
 
 def test_log_tail_and_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

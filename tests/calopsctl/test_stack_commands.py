@@ -6,22 +6,27 @@ import json
 import shutil
 import socket
 import stat
+import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from calapi.errors import CalopsError
 from calopsctl import stackops
 from calopsctl.application import Application
 from calopsctl.cli import app
 from calopsctl.runtime import Selection
-from calopsctl.runtime.base import Availability, Runtime, SaveState, StackSpec
+from calopsctl.runtime.base import Availability, Replica, Runtime, SaveState, StackSpec
 from calopsctl.secrets import password_file
 from calopsctl.services import NAMES, SERVICES, Service
 from calopsctl.settings import CliSettings
 from calopsctl.state import StackState, load_state, save_state
+from stacktools import serve_json
 from support import free_port
 
 runner = CliRunner()
@@ -38,6 +43,7 @@ class RecordingRuntime(Runtime):
         self.events: list[str] = []  # "up mlflow", "prepare models:/...", "up api,..." in order
         self.stopped = 0
         self.running: dict[str, bool] = {}
+        self.replica_list: list[Replica] = []
 
     def availability(self, spec: StackSpec) -> Availability:
         absent = {s: "not installed" for s in NAMES if s not in self.services}
@@ -61,6 +67,9 @@ class RecordingRuntime(Runtime):
 
     def alive(self, state: StackState) -> dict[str, bool]:
         return dict(self.running)
+
+    def replicas(self, state: StackState) -> list[Replica]:
+        return list(self.replica_list)
 
     def log_tail(self, state: StackState, service: str, lines: int = 30) -> str:
         return f"{service}: boom at start-up"
@@ -431,3 +440,172 @@ def test_docker_asked_for_without_engine(
         "start Docker or use --runtime local.",
     ]
     assert load_state(home) is None
+
+
+def test_replicas_option_reaches_the_runtime_and_the_record(
+    fake_runtime: RecordingRuntime,
+    ports: list[str],
+    model_in_place: Path,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--replicas (or CALOPS_REPLICAS) is what the runtime is asked to start and what the
+    record keeps; one API process by default."""
+    assert runner.invoke(app, ["up", *ports, "--no-wait", "--replicas", "3"]).exit_code == 0
+    state = load_state(home)
+    assert state is not None
+    assert (fake_runtime.started[-1].replicas, state.replicas) == (3, 3)
+    runner.invoke(app, ["down"])
+    monkeypatch.setenv("CALOPS_REPLICAS", "2")
+    assert runner.invoke(app, ["up", *ports, "--no-wait"]).exit_code == 0
+    assert fake_runtime.started[-1].replicas == 2
+    runner.invoke(app, ["down"])
+    monkeypatch.delenv("CALOPS_REPLICAS")
+    assert runner.invoke(app, ["up", *ports, "--no-wait"]).exit_code == 0
+    assert fake_runtime.started[-1].replicas == 1
+
+
+@pytest.mark.parametrize("count", ["0", "17"])
+def test_replicas_out_of_range_is_a_usage_error(
+    fake_runtime: RecordingRuntime, ports: list[str], count: str
+) -> None:
+    """1..16 replicas; anything else is refused by the option before anything runs."""
+    result = runner.invoke(app, ["up", *ports, "--replicas", count])
+    assert result.exit_code == 2
+    assert "--replicas" in result.output
+    assert fake_runtime.started == []
+
+
+def test_running_stack_keeps_its_replicas(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """up on a running stack with another --replicas says what runs and how to change it and
+    exits 1; the same number, or none given, reports the running stack."""
+    assert runner.invoke(app, ["up", *ports, "--no-wait", "--replicas", "2"]).exit_code == 0
+    other = runner.invoke(app, ["up", *ports, "--no-wait", "--replicas", "3"])
+    assert other.exit_code == 1
+    assert other.stderr.splitlines()[-1] == (
+        "Error: The stack already runs 2 API replicas (local runtime); to run 3, take it down "
+        "with `calops down` and run `calops up --replicas 3`."
+    )
+    for again in (["--replicas", "2"], []):
+        result = runner.invoke(app, ["up", *ports, "--no-wait", *again])
+        assert result.exit_code == 0, result.output
+        assert "already running (local runtime, 2 API replicas, started" in result.stderr
+    assert len(fake_runtime.started) == 1
+
+
+def _healthz(version: str) -> dict[str, Any]:
+    return {"/healthz": lambda: (200, {"status": "ok", "model_loaded": True,
+                                       "model_version": version})}  # fmt: skip
+
+
+def _replica(name: str, url: str, *, running: bool = True) -> Replica:
+    return Replica(name, running, url.removeprefix("http://"), url)
+
+
+@pytest.fixture
+def serving_api(fake_runtime: RecordingRuntime, home: Path) -> Iterator[list[str]]:
+    """A recorded stack of just the API, whose port and two replicas answer /healthz over real
+    HTTP; yields the replicas' URLs."""
+    with ExitStack() as servers:
+        api, _ = servers.enter_context(serve_json(_healthz("v1")))
+        urls = [servers.enter_context(serve_json(_healthz("v1")))[0] for _ in range(2)]
+        ports = {name: free_port() for name in NAMES}
+        ports["api"] = int(api.rpartition(":")[2])
+        save_state(home, StackState(runtime="local", ports=ports, services=["api"], replicas=2))
+        fake_runtime.running = {"api": True}
+        fake_runtime.replica_list = [_replica(f"api-{i}", url) for i, url in enumerate(urls, 1)]
+        yield urls
+
+
+def test_health_lists_every_replica(fake_runtime: RecordingRuntime, serving_api: list[str]) -> None:
+    """health --json has one entry per replica with its version from its own /healthz; the
+    table names each replica with its address."""
+    result = runner.invoke(app, ["health", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(r["name"], r["status"], r["model_version"], r["url"]) for r in report["replicas"]] == [
+        ("api-1", "up", "v1", serving_api[0]),
+        ("api-2", "up", "v1", serving_api[1]),
+    ]
+    assert [c["check"] for c in report["checks"] if c["service"] == "api"] == ["/healthz"]
+    table = runner.invoke(app, ["health"])
+    assert table.exit_code == 0
+    address = serving_api[1].removeprefix("http://")
+    assert f"api  api-2 ({address})  up  serving model v1" in table.stdout
+
+
+def test_crashed_replica_is_red_in_health(
+    fake_runtime: RecordingRuntime, serving_api: list[str]
+) -> None:
+    """A replica whose process died is down as exited, naming its log, and health exits 1
+    while the API address itself still answers."""
+    fake_runtime.replica_list[1] = _replica("api-2", serving_api[1], running=False)
+    result = runner.invoke(app, ["health", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["healthy"] is False
+    assert [r["status"] for r in report["replicas"]] == ["up", "down"]
+    assert report["replicas"][1]["detail"] == (
+        "exited: api-2 is no longer running; its log: calops logs api-2"
+    )
+    assert next(c for c in report["checks"] if c["service"] == "api")["status"] == "up"
+
+
+def test_up_waits_for_every_replica_and_names_the_one_that_died(
+    fake_runtime: RecordingRuntime, serving_api: list[str], home: Path
+) -> None:
+    """Waiting for health stops at once when a replica exited, naming it, its address and the
+    end of its own log."""
+    fake_runtime.replica_list[1] = _replica("api-2", serving_api[1], running=False)
+    state = load_state(home)
+    assert state is not None
+    started = time.monotonic()
+    with pytest.raises(CalopsError) as failed:
+        stackops.wait_healthy(state, fake_runtime, timeout=30)
+    assert time.monotonic() - started < 10
+    address = serving_api[1].removeprefix("http://")
+    assert str(failed.value).startswith(
+        f"API replica api-2 ({address}) did not become healthy (api-2: exited: api-2 is no "
+        "longer running; its log: calops logs api-2); last lines of its log:\n"
+        "api-2: boom at start-up\n"
+    )
+
+
+def test_up_lists_the_replicas(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """up --json lists each replica; the table gives each its own row under the API."""
+    fake_runtime.replica_list = [
+        _replica("api-1", "http://127.0.0.1:9101"),
+        _replica("api-2", "http://127.0.0.1:9102"),
+    ]
+    result = runner.invoke(app, ["up", *ports, "--no-wait", "--replicas", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["replicas"] == [
+        {"name": "api-1", "address": "127.0.0.1:9101", "url": "http://127.0.0.1:9101",
+         "status": "started"},
+        {"name": "api-2", "address": "127.0.0.1:9102", "url": "http://127.0.0.1:9102",
+         "status": "started"},
+    ]  # fmt: skip
+    runner.invoke(app, ["down"])
+    table = runner.invoke(app, ["up", *ports, "--no-wait", "--replicas", "2"])
+    lines = table.stdout.splitlines()
+    api = next(i for i, line in enumerate(lines) if line.startswith("api  "))
+    assert lines[api + 1 : api + 3] == [
+        "  api-1  http://127.0.0.1:9101  started",
+        "  api-2  http://127.0.0.1:9102  started",
+    ]
+
+
+def test_info_names_every_replica(fake_runtime: RecordingRuntime, serving_api: list[str]) -> None:
+    """info --json lists the replicas with their addresses; the plain text names them."""
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [(r["name"], r["running"], r["url"]) for r in json.loads(result.stdout)["replicas"]] == [
+        ("api-1", True, serving_api[0]),
+        ("api-2", True, serving_api[1]),
+    ]
+    text = runner.invoke(app, ["info"]).stdout
+    assert f"API replicas: api-1 {serving_api[0]}, api-2 {serving_api[1]}" in text

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from calopsctl.settings import CliSettings
 
 RUNTIME_HELP = "auto: Docker when an engine answers, else local processes."
+MAX_REPLICAS = 16
+REPLICAS_HELP = (
+    "API processes serving the one API address (default 1); each is scraped and checked by "
+    "itself. A running stack keeps its number: `calops down` first to change it."
+)
 SERVICE_CHOICES = f"{', '.join(NAMES[:-1])} or {NAMES[-1]}"
 
 
@@ -70,6 +75,10 @@ def up(
             "of the config).",
         ),
     ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(help=REPLICAS_HELP, envvar="CALOPS_REPLICAS", min=1, max=MAX_REPLICAS),
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Bring up the API, Prometheus, Grafana and MLflow, and print where each one is.
@@ -83,6 +92,7 @@ def up(
       calops up
       calops up --host-port 8010
       calops up --runtime local --no-wait
+      calops up --runtime local --replicas 3
       calops up --model ./artifacts
     """
     from calopsctl import stackops, stackview
@@ -102,19 +112,22 @@ def up(
         timeout=timeout,
         config=config,
         model=model,
+        replicas=replicas,
     )
     result = stackops.up(options, cli, _say)
     rows = stackops.summary_rows(result, cli)
+    replica_rows = stackops.replica_rows(result)
     if json:
         print_json(
             {
                 "already_running": result.already_running,
                 "runtime": result.state.runtime,
                 "services": rows,
+                "replicas": replica_rows,
             }
         )
         return
-    stackview.show_services(rows)
+    stackview.show_services(rows, replica_rows)
     _say("Stop it with `calops down`; check it with `calops health`.")
 
 
@@ -144,7 +157,8 @@ def health(
         float, typer.Option(help="Retry for up to this many seconds until healthy.", min=0)
     ] = 0.0,
 ) -> None:
-    """Check each service, including that Prometheus scrapes the API; exit 1 if one is down.
+    """Check each service and each API replica, including that Prometheus scrapes every
+    replica; exit 1 if one is down.
 
     [bold]Examples[/]
       calops health
@@ -156,9 +170,7 @@ def health(
 
     _state, checks = stackops.stack_health(_stack_settings(ctx), wait)
     if json:
-        print_json(
-            {"healthy": checks_module.healthy(checks), "checks": [c.as_dict() for c in checks]}
-        )
+        print_json(checks_module.report(checks))
     else:
         stackview.show_health(checks)
     if not checks_module.healthy(checks):
@@ -196,7 +208,8 @@ def logs(
     ] = False,
     tail: Annotated[int, typer.Option(help="Lines to show from the end of each log.")] = 50,
 ) -> None:
-    """Show the logs of the stack's services.
+    """Show the logs of the stack's services; `api` shows every API replica's, each line
+    after the replica's name.
 
     [bold]Examples[/]
       calops logs api

@@ -22,6 +22,7 @@ class StackSpec:
     build: bool = True
     wait: bool = True
     timeout: float = 180.0
+    replicas: int = 1  # API processes behind the one API address
 
     def url(self, service: str) -> str:
         return loopback_url(self.ports[service])
@@ -33,6 +34,16 @@ class Availability:
 
     services: list[str]
     absent: dict[str, str] = field(default_factory=dict)  # service -> reason
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One API process of the stack."""
+
+    name: str  # "api-1", "api-2", ...
+    running: bool  # its process or container is alive
+    address: str  # host:port Prometheus scrapes it at
+    url: str | None = None  # where it answers by itself from this machine; None: only in-network
 
 
 SaveState = Callable[[StackState], None]
@@ -71,6 +82,10 @@ class Runtime(ABC):
         self, state: StackState, services: list[str], *, follow: bool, tail: int
     ) -> None:
         """Write services' logs to stdout (until interrupted when ``follow``)."""
+
+    def replicas(self, state: StackState) -> list[Replica]:
+        """Every API process the stack runs (one unless started with --replicas)."""
+        return []
 
     def where_logs(self, state: StackState) -> str:
         """Where a user finds the logs."""

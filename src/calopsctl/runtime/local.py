@@ -1,38 +1,82 @@
 """The local runtime: the stack as background processes on 127.0.0.1, for machines without Docker.
 
-The API runs under uvicorn, MLflow as ``mlflow server``, Prometheus and Grafana from their
-installed binaries. Each process leads its own session (it survives the terminal), logs to
-``<home>/logs/<service>.log`` and is stopped by process group, so workers go with it.
+The API runs as ``python -m calapi.serving`` (one process per replica), MLflow as ``mlflow
+server``, Prometheus and Grafana from their installed binaries. Each process leads its own
+session (it survives the terminal), logs to ``<home>/logs/<name>.log`` and is stopped by process
+group, so workers go with it.
+
+With ``--replicas N`` the API processes ``api-1``..``api-N`` all listen on the API port
+(SO_REUSEPORT: the kernel spreads connections over them) and each also alone on a port of its
+own, which Prometheus scrapes and health checks; they share one prediction log
+(``<home>/predictions.db``), so feedback joins whichever process made the prediction.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
+from calapi.errors import CalopsError
 from calopsctl.paths import stack_dir
 from calopsctl.runtime import localconfig, processes
-from calopsctl.runtime.base import Availability, Runtime, SaveState, StackSpec
+from calopsctl.runtime.base import Availability, Replica, Runtime, SaveState, StackSpec
 from calopsctl.secrets import GRAFANA_ADMIN_USER
-from calopsctl.services import LOOPBACK, NAMES, SERVICES, by_name
+from calopsctl.services import API, LOOPBACK, NAMES, SERVICES, by_name, loopback_url
 from calopsctl.state import StackState
 
 Which = Callable[[str], str | None]
 GRAFANA_HOMES = (Path("/usr/share/grafana"), Path("/opt/grafana"))
+PREDICTION_LOG: Final = "predictions.db"  # under home; SQLite adds -wal and -shm beside it
+REPLICA_PORTS: Final = "replica_ports"  # state.extra: replica name -> the port it alone serves
+API_ARGV: Final = (sys.executable, "-m", "calapi.serving")  # settings from CALOPS_* variables
 
 
 @dataclass(frozen=True)
 class ServicePlan:
-    """How to start one service: its command line and the environment it needs."""
+    """How to start one process: its name (the service, or ``api-<i>`` for an API replica), the
+    service it belongs to, its command line and the environment it needs."""
 
     name: str
     argv: list[str]
     env: dict[str, str]
+    service: str
+
+
+def replica_names(count: int) -> list[str]:
+    """``api-1``..``api-<count>``: process, log file and health row of each API replica."""
+    return [f"{API.name}-{index}" for index in range(1, count + 1)]
+
+
+def pick_replica_ports(spec: StackSpec) -> dict[str, int]:
+    """Each replica's own port: the API port itself for a single replica (nothing to share),
+    otherwise a free loopback port apart from the stack's ports."""
+    names = replica_names(spec.replicas)
+    if spec.replicas == 1:
+        return {names[0]: spec.ports[API.name]}
+    taken = set(spec.ports.values())
+    ports: dict[str, int] = {}
+    for name in names:
+        ports[name] = _free_port(taken)
+        taken.add(ports[name])
+    return ports
+
+
+def _free_port(taken: set[int], attempts: int = 100) -> int:
+    """A loopback port the kernel hands out as free now, not one of ``taken``."""
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+    raise CalopsError("Found no free loopback port for an API replica; free some ports.")
 
 
 class LocalRuntime(Runtime):
@@ -54,8 +98,11 @@ class LocalRuntime(Runtime):
         self, spec: StackSpec, state: StackState, save: SaveState, services: Sequence[str]
     ) -> None:
         state.logs = str(self.log_dir)
-        for plan in self.plans(spec, state.services):
-            if plan.name not in services:
+        if API.name in services:  # picked as the API starts, so the ports are free right now
+            state.extra[REPLICA_PORTS] = pick_replica_ports(spec)
+        replica_ports: dict[str, int] = state.extra.get(REPLICA_PORTS, {})
+        for plan in self.plans(spec, state.services, replica_ports):
+            if plan.service not in services:
                 continue
             self.log_path(plan.name).unlink(missing_ok=True)  # a failure shows this run's log
             pid = processes.spawn(plan.argv, env=plan.env, log=self.log_path(plan.name))
@@ -63,53 +110,101 @@ class LocalRuntime(Runtime):
             save(state)
 
     def down(self, state: StackState, *, volumes: bool) -> list[str]:
-        stopped = [name for name, pid in state.pids.items() if processes.stop_group(pid)]
+        ran = set(processes.stop_groups(state.pids.values()))
+        stopped = [name for name, pid in state.pids.items() if pid in ran]
         if volumes:
             for folder in ("mlflow", "prometheus", "grafana"):
                 shutil.rmtree(self.home / folder, ignore_errors=True)
+            for suffix in ("", "-wal", "-shm"):
+                (self.home / f"{PREDICTION_LOG}{suffix}").unlink(missing_ok=True)
         return stopped
 
     def alive(self, state: StackState) -> dict[str, bool]:
-        return {name: processes.leader_alive(pid) for name, pid in state.pids.items()}
+        """Per service; the API runs while any of its replicas does (`replicas` tells which)."""
+        found: dict[str, bool] = {}
+        for name, pid in state.pids.items():
+            service = _service_of(name)
+            found[service] = found.get(service, False) or processes.leader_alive(pid)
+        return found
+
+    def replicas(self, state: StackState) -> list[Replica]:
+        return [
+            Replica(
+                name=name,
+                running=name in state.pids and processes.leader_alive(state.pids[name]),
+                address=f"{LOOPBACK}:{port}",
+                url=loopback_url(port),
+            )
+            for name, port in state.extra.get(REPLICA_PORTS, {}).items()
+        ]
 
     def log_tail(self, state: StackState, service: str, lines: int = 30) -> str:
-        path = self.log_path(service)
-        if not path.is_file():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        """The end of the service's log; of each replica's log, lines prefixed, for the API."""
+        names = self._process_names(state, service)
+        if len(names) == 1:
+            return _tail(self.log_path(names[0]), lines)
+        return "\n".join(_prefixed(name, _tail(self.log_path(name), lines)) for name in names)
 
     def stream_logs(
         self, state: StackState, services: list[str], *, follow: bool, tail: int
     ) -> None:
-        for service in services:
-            text = self.log_tail(state, service, tail)
-            for line in text.splitlines():
-                sys.stdout.write(f"{service:<10} | {line}\n")
+        names = [name for service in services for name in self._process_names(state, service)]
+        for name in names:
+            text = _prefixed(name, _tail(self.log_path(name), tail))
+            sys.stdout.write(f"{text}\n" if text else "")
         if follow:
-            _follow({s: self.log_path(s) for s in services})
+            _follow({name: self.log_path(name) for name in names})
 
     def where_logs(self, state: StackState) -> str:
         return str(self.log_dir)
 
     def log_hint(self, state: StackState, service: str) -> str:
-        return str(self.log_path(service))
+        paths = [str(self.log_path(name)) for name in self._process_names(state, service)]
+        return ", ".join(paths)
 
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 
-    def log_path(self, service: str) -> Path:
-        return self.log_dir / f"{service}.log"
+    def log_path(self, name: str) -> Path:
+        """The log of a process: a service, or an API replica (``api-2``)."""
+        return self.log_dir / f"{name}.log"
 
-    def plans(self, spec: StackSpec, services: list[str]) -> list[ServicePlan]:
-        """The command line of each service to start, after writing the configs they read."""
+    @property
+    def prediction_log(self) -> Path:
+        """The SQLite prediction log every API replica of this stack shares."""
+        return self.home.absolute() / PREDICTION_LOG
+
+    def plans(
+        self,
+        spec: StackSpec,
+        services: list[str],
+        replica_ports: Mapping[str, int] | None = None,
+    ) -> list[ServicePlan]:
+        """The command line of each process to start, after writing the configs they read.
+
+        ``replica_ports`` (replica name -> its own port) as recorded by ``up``; picked afresh
+        when not given.
+        """
+        ports = dict(pick_replica_ports(spec) if replica_ports is None else replica_ports)
         builders = {
             "mlflow": self._mlflow,
             "api": self._api,
             "prometheus": self._prometheus,
             "grafana": self._grafana,
         }
-        return [builders[name](spec, services) for name in NAMES if name in services]
+        return [
+            plan
+            for name in NAMES
+            if name in services
+            for plan in builders[name](spec, services, ports)
+        ]
+
+    def _process_names(self, state: StackState, service: str) -> list[str]:
+        """The processes (and log files) of ``service``: its replicas for the API."""
+        if service == API.name:
+            return list(state.extra.get(REPLICA_PORTS, {})) or [service]
+        return [service]
 
     def _binary(self, name: str) -> str | None:
         """The first of the service's binaries on PATH; this Python for the Python services."""
@@ -118,14 +213,33 @@ class LocalRuntime(Runtime):
             return sys.executable
         return next((found for binary in binaries if (found := self.which(binary))), None)
 
-    def _api(self, spec: StackSpec, services: list[str]) -> ServicePlan:
-        argv = [sys.executable, "-m", "uvicorn", "--factory", "calapi.serving.app:create_app"]
-        argv += ["--host", LOOPBACK, "--port", str(spec.ports["api"])]
-        env = {**os.environ, "CALOPS_MODEL": spec.model}
-        env["MLFLOW_TRACKING_URI"] = spec.url("mlflow")
-        return ServicePlan("api", argv, env)
+    def _api(
+        self, spec: StackSpec, services: list[str], replica_ports: dict[str, int]
+    ) -> list[ServicePlan]:
+        """One process per replica, all on the API port; each also alone on its own port when
+        there are several (a single replica's own port is the API port)."""
+        port = spec.ports[API.name]
+        shared = {
+            **os.environ,
+            "CALOPS_MODEL": spec.model,
+            "MLFLOW_TRACKING_URI": spec.url("mlflow"),
+            "CALOPS_HOST": LOOPBACK,
+            "CALOPS_PORT": str(port),
+            "CALOPS_WORKERS": "1",  # replicas, not uvicorn workers, share the port
+            "CALOPS_PREDICTION_LOG": str(self.prediction_log),
+        }
+        plans = []
+        for name, own in replica_ports.items():
+            env = {**shared, "CALOPS_REUSE_PORT": "true" if own != port else "false"}
+            env.pop("CALOPS_OWN_PORT", None)
+            if own != port:
+                env["CALOPS_OWN_PORT"] = str(own)
+            plans.append(ServicePlan(name, list(API_ARGV), env, API.name))
+        return plans
 
-    def _mlflow(self, spec: StackSpec, services: list[str]) -> ServicePlan:
+    def _mlflow(
+        self, spec: StackSpec, services: list[str], replica_ports: dict[str, int]
+    ) -> list[ServicePlan]:
         root = self.home / "mlflow"
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK]
@@ -135,22 +249,27 @@ class LocalRuntime(Runtime):
         argv += ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
         # The server's job-queue workers (several extra processes) serve no purpose here.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        return ServicePlan("mlflow", argv, env)
+        return [ServicePlan("mlflow", argv, env, "mlflow")]
 
-    def _prometheus(self, spec: StackSpec, services: list[str]) -> ServicePlan:
+    def _prometheus(
+        self, spec: StackSpec, services: list[str], replica_ports: dict[str, int]
+    ) -> list[ServicePlan]:
         root = self.home / "prometheus"
         config = localconfig.write_prometheus_config(
             self.stack / "prometheus" / "prometheus.yml",
             root / "prometheus.yml",
             spec.ports,
             services,
+            [f"{LOOPBACK}:{port}" for port in replica_ports.values()],
         )
         argv = [str(self._binary("prometheus")), f"--config.file={config}"]
         argv += [f"--storage.tsdb.path={root / 'data'}"]
         argv += [f"--web.listen-address={LOOPBACK}:{spec.ports['prometheus']}"]
-        return ServicePlan("prometheus", argv, dict(os.environ))
+        return [ServicePlan("prometheus", argv, dict(os.environ), "prometheus")]
 
-    def _grafana(self, spec: StackSpec, services: list[str]) -> ServicePlan:
+    def _grafana(
+        self, spec: StackSpec, services: list[str], replica_ports: dict[str, int]
+    ) -> list[ServicePlan]:
         root = self.home / "grafana"
         provisioning = localconfig.write_grafana_provisioning(
             self.stack, root / "provisioning", spec.url("prometheus")
@@ -159,7 +278,23 @@ class LocalRuntime(Runtime):
         argv = [binary] + (["server"] if Path(binary).name == "grafana" else [])
         argv += ["--homepath", str(_grafana_home(Path(binary)))]
         env = {**os.environ, **_grafana_env(spec, root, provisioning)}
-        return ServicePlan("grafana", argv, env)
+        return [ServicePlan("grafana", argv, env, "grafana")]
+
+
+def _service_of(name: str) -> str:
+    """The service a process belongs to: ``api-2`` -> ``api``; a service is its own."""
+    return name if name in NAMES else name.rpartition("-")[0]
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _prefixed(name: str, text: str) -> str:
+    """Each line of ``text`` after the process name, as `calops logs` prints them."""
+    return "\n".join(f"{name:<10} | {line}" for line in text.splitlines())
 
 
 def _grafana_env(spec: StackSpec, root: Path, provisioning: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ rewritten rather than kept twice.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,14 @@ def _rewrite_job(job: dict[str, Any], ports: dict[str, int], services: list[str]
     return any(static["targets"] for static in job.get("static_configs", []))
 
 
-def prometheus_config(shipped: Path, ports: dict[str, int], services: list[str]) -> dict[str, Any]:
-    """The shipped prometheus.yml with loopback targets and rule files at their shipped paths."""
+def prometheus_config(
+    shipped: Path, ports: dict[str, int], services: list[str], api_targets: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The shipped prometheus.yml with loopback targets and rule files at their shipped paths.
+
+    Job ``api`` scrapes ``api_targets`` (each API replica on the port it alone listens on, so
+    every process is scraped and Prometheus sums them), by default the API port itself.
+    """
     config: dict[str, Any] = yaml.safe_load(shipped.read_text(encoding="utf-8")) or {}
     jobs = [
         job
@@ -48,9 +55,11 @@ def prometheus_config(shipped: Path, ports: dict[str, int], services: list[str])
     ]
     if not any(job.get("job_name") == "api" for job in jobs):
         jobs.append({"job_name": "api", "static_configs": [{"targets": []}]})
+    targets = list(api_targets) or [f"{LOOPBACK}:{ports['api']}"]
     for job in jobs:
         if job.get("job_name") == "api":
-            job["static_configs"] = [{"targets": [f"{LOOPBACK}:{ports['api']}"]}]
+            job.pop("dns_sd_configs", None)  # compose finds its replicas through Docker's DNS
+            job["static_configs"] = [{"targets": targets}]
     config["scrape_configs"] = jobs
     config["rule_files"] = [
         str(shipped.resolve().parent / Path(rule).name) for rule in config.get("rule_files", [])
@@ -60,10 +69,14 @@ def prometheus_config(shipped: Path, ports: dict[str, int], services: list[str])
 
 
 def write_prometheus_config(
-    shipped: Path, target: Path, ports: dict[str, int], services: list[str]
+    shipped: Path,
+    target: Path,
+    ports: dict[str, int],
+    services: list[str],
+    api_targets: Sequence[str] = (),
 ) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    config = prometheus_config(shipped, ports, services)
+    config = prometheus_config(shipped, ports, services, api_targets)
     target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return target
 

@@ -10,7 +10,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -56,13 +56,20 @@ def group_alive(pgid: int) -> bool:
 
 def stop_group(pgid: int, *, grace: float = 10.0) -> bool:
     """SIGTERM the group, wait up to ``grace`` seconds, SIGKILL what is left; True if it ran."""
-    if not group_alive(pgid):
-        return False
-    _signal(pgid, signal.SIGTERM)
-    if not _wait_gone(pgid, grace):
+    return bool(stop_groups([pgid], grace=grace))
+
+
+def stop_groups(pgids: Iterable[int], *, grace: float = 10.0) -> list[int]:
+    """``stop_group`` for several groups at once: every one is signalled before any is waited
+    for, so stopping N replicas takes one grace period, not N; the groups that ran."""
+    running = [pgid for pgid in pgids if group_alive(pgid)]
+    for pgid in running:
+        _signal(pgid, signal.SIGTERM)
+    left = _wait_all_gone(running, grace)
+    for pgid in left:
         _signal(pgid, signal.SIGKILL)
-        _wait_gone(pgid, grace)
-    return True
+    _wait_all_gone(left, grace)
+    return running
 
 
 def _signal(pgid: int, sig: signal.Signals) -> None:
@@ -70,13 +77,14 @@ def _signal(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _wait_gone(pgid: int, timeout: float) -> bool:
+def _wait_all_gone(pgids: list[int], timeout: float) -> list[int]:
+    """The groups of ``pgids`` still alive after waiting up to ``timeout`` for them all."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not group_alive(pgid):
-            return True
+    left = [pgid for pgid in pgids if group_alive(pgid)]
+    while left and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not group_alive(pgid)
+        left = [pgid for pgid in left if group_alive(pgid)]
+    return left
 
 
 def _is_zombie(pid: int) -> bool:
