@@ -6,6 +6,8 @@ shipped recording rules, SIGTERM and SIGKILL in the middle of traffic.
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import os
 import shutil
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -40,21 +43,25 @@ def serve_argv(port: int, model: Path, log: Path, *extra: str) -> list[str]:
             "--prediction-log", str(log), *extra]  # fmt: skip
 
 
-def fresh_client(url: str) -> httpx.Client:
-    """A client that opens a new connection per request, so the kernel may pick any worker."""
-    return httpx.Client(
-        base_url=url, timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0)
-    )
+def post_fresh(url: str, path: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    """POST over a new connection, so the kernel may hand it to any worker."""
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.netloc, timeout=10)
+    try:
+        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
 
 
 def predict_all(url: str, ids: list[str], *, threads: int = 8) -> dict[str, float]:
     """Predict one row per id over fresh connections; the prediction of each id."""
 
     def one(index: int, key: str) -> tuple[str, float]:
-        with fresh_client(url) as client:
-            response = client.post("/predict", json=row(id=key, Duration=1 + index % 30))
-        assert response.status_code == 200, response.text
-        return key, response.json()["Calories"]
+        status, answer = post_fresh(url, "/predict", row(id=key, Duration=1 + index % 30))
+        assert status == 200, answer
+        return key, float(answer["Calories"])  # type: ignore[arg-type]
 
     with ThreadPoolExecutor(threads) as pool:
         return dict(pool.map(one, range(len(ids)), ids))
@@ -64,11 +71,26 @@ def send_feedback(url: str, truths: dict[str, float], *, threads: int = 8) -> li
     """POST each truth over fresh connections; the status of each answer."""
 
     def one(item: tuple[str, float]) -> int:
-        with fresh_client(url) as client:
-            return client.post("/feedback", json={"id": item[0], "Calories": item[1]}).status_code
+        return post_fresh(url, "/feedback", {"id": item[0], "Calories": item[1]})[0]
 
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(one, truths.items()))
+
+
+def answering_pids(url: str, *, requests: int = 400, threads: int = 8) -> set[int]:
+    """The worker processes that answered concurrent requests over fresh connections."""
+    address = urlsplit(url).netloc
+
+    def one(_: int) -> int:
+        connection = http.client.HTTPConnection(address, timeout=10)
+        try:
+            connection.request("GET", "/info")
+            return int(json.loads(connection.getresponse().read())["environment"]["pid"])
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(threads) as pool:
+        return set(pool.map(one, range(requests)))
 
 
 def truths_for(predicted: dict[str, float]) -> dict[str, float]:
@@ -137,9 +159,10 @@ def test_two_workers_join_feedback_anywhere_and_prometheus_shows_exact_totals(
         running(argv, ready_url=f"{url}/readyz", log=tmp_path / "serve.log"),
         prometheus_scraping(f"127.0.0.1:{port}", tmp_path) as prometheus,
     ):
-        with fresh_client(url) as client:
-            pids = {client.get("/info").json()["environment"]["pid"] for _ in range(40)}
-        assert len(pids) == 2, "both workers must answer"
+        assert len(answering_pids(url)) == 2, "both workers must answer"
+        # As in a stack, Prometheus has seen the counters before the traffic: increase() over
+        # the window counts from that first sample.
+        settled(prometheus, "sum(app_feedback_squared_log_error_count)", 0)
         predicted = predict_all(url, [f"p{n}" for n in range(2000)])
         truths = truths_for(predicted)
         statuses = send_feedback(url, truths)
@@ -160,21 +183,20 @@ def test_two_workers_join_feedback_anywhere_and_prometheus_shows_exact_totals(
         )
         assert from_counters == pytest.approx(expected, rel=1e-6)
         assert metric(url, "app_rolling_rmsle_5m") == pytest.approx(expected, rel=1e-6)
-        recorded = settled_value(prometheus, "calops:app_rolling_rmsle_5m")
+        recorded = recorded_after_last_scrape(prometheus, "calops:app_rolling_rmsle_5m")
         assert recorded == pytest.approx(expected, rel=1e-6)
         assert metric(url, "app_feedback_pending_predictions") == 0
 
 
-def settled_value(prometheus: str, expr: str, *, attempts: int = 40) -> float:
-    """The value of ``expr`` once two evaluations in a row agree."""
-    previous = math.nan
+def recorded_after_last_scrape(prometheus: str, rule: str, *, attempts: int = 40) -> float:
+    """The recording rule's value from an evaluation after the counters' latest scrape."""
+    scraped = scalar(prometheus, "max(timestamp(app_feedback_squared_log_error_count))")
     for _ in range(attempts):
-        values = finite_values(instant_query(prometheus, expr))
-        if values and values[0] == previous:
-            return previous
-        previous = values[0] if values else math.nan
+        evaluated = finite_values(instant_query(prometheus, f"timestamp({rule})"))
+        if evaluated and evaluated[0] > scraped:
+            return scalar(prometheus, rule)
         time.sleep(1.0)
-    raise AssertionError(f"{expr} never settled (last: {previous})")
+    raise AssertionError(f"{rule} was not evaluated after the last scrape")
 
 
 def test_predictions_survive_a_sigterm_and_their_feedback_counts(
