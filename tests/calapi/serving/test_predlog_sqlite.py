@@ -186,6 +186,14 @@ def test_the_writer_prunes_aged_predictions_and_counts_them(db: Path) -> None:
     log.close()  # the closing write prunes
     assert ("age", 2) in evicted
     assert totals(db)["pending_rows"] == 0
+    log, evicted = make_log(db, clock, max_age_seconds=60.0)
+    record(log, "a", "b")
+    clock.now += 30
+    record(log, "young")
+    clock.now += 31
+    log.close()
+    assert evicted == [("age", 2)]  # the young one stays
+    assert totals(db)["pending_rows"] == 1
 
 
 def test_a_reused_id_starts_over(log: SqliteLog) -> None:

@@ -53,7 +53,6 @@ CREATE TABLE IF NOT EXISTS pending (
     id TEXT PRIMARY KEY, at REAL NOT NULL, version TEXT NOT NULL, predicted REAL NOT NULL,
     features BLOB NOT NULL, size INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS pending_by_time ON pending(at);
 CREATE TABLE IF NOT EXISTS answered (
     id TEXT PRIMARY KEY, at REAL NOT NULL, version TEXT NOT NULL, predicted REAL NOT NULL,
     features BLOB NOT NULL, actual REAL NOT NULL, answered_at REAL NOT NULL,
@@ -62,15 +61,17 @@ CREATE TABLE IF NOT EXISTS answered (
 CREATE INDEX IF NOT EXISTS answered_by_time ON answered(answered_at);
 CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO totals VALUES ('pending_rows', 0), ('pending_bytes', 0),
-    ('answered_bytes', 0);
+    ('answered_rows', 0), ('answered_bytes', 0);
 CREATE TRIGGER IF NOT EXISTS pending_removed AFTER DELETE ON pending BEGIN
     UPDATE totals SET value = value - 1 WHERE name = 'pending_rows';
     UPDATE totals SET value = value - OLD.size WHERE name = 'pending_bytes';
 END;
 CREATE TRIGGER IF NOT EXISTS answered_added AFTER INSERT ON answered BEGIN
+    UPDATE totals SET value = value + 1 WHERE name = 'answered_rows';
     UPDATE totals SET value = value + NEW.size WHERE name = 'answered_bytes';
 END;
 CREATE TRIGGER IF NOT EXISTS answered_removed AFTER DELETE ON answered BEGIN
+    UPDATE totals SET value = value - 1 WHERE name = 'answered_rows';
     UPDATE totals SET value = value - OLD.size WHERE name = 'answered_bytes';
 END;
 """
@@ -322,9 +323,16 @@ class SqliteLog:
 
     def _expire(self, db: sqlite3.Connection, now: float) -> int:
         retention = self.retention
-        aged = db.execute(
-            "DELETE FROM pending WHERE at < ?", (now - retention.max_age_seconds,)
-        ).rowcount
+        # Rows go in (nearly) in time order, so rowid order is age order: everything before the
+        # first young row is old. Scanning stops there; no index on `at` costs every insert.
+        young = db.execute(
+            "SELECT rowid FROM pending WHERE at >= ? ORDER BY rowid LIMIT 1",
+            (now - retention.max_age_seconds,),
+        ).fetchone()
+        if young is None:
+            aged = db.execute("DELETE FROM pending").rowcount
+        else:
+            aged = db.execute("DELETE FROM pending WHERE rowid < ?", young).rowcount
         db.execute(
             "DELETE FROM answered WHERE answered_at < ?",
             (now - retention.answered_max_age_seconds,),
@@ -335,26 +343,13 @@ class SqliteLog:
         """Drop the oldest rows until both tables are within their bounds; unanswered dropped."""
         retention = self.retention
         dropped = 0
-        while True:
-            totals = dict(db.execute("SELECT name, value FROM totals").fetchall())
-            rows, size = totals["pending_rows"], totals["pending_bytes"]
-            excess = rows - retention.max_rows
-            if size > retention.max_bytes and rows:
-                excess = max(excess, -(-(size - retention.max_bytes) * rows // size))
-            if excess <= 0:
-                break
+        while excess := _excess(db, "pending", retention.max_bytes, retention.max_rows):
             dropped += db.execute(
-                "DELETE FROM pending WHERE id IN (SELECT id FROM pending ORDER BY at LIMIT ?)",
+                "DELETE FROM pending WHERE rowid IN "
+                "(SELECT rowid FROM pending ORDER BY rowid LIMIT ?)",
                 (min(excess, TRIM_CHUNK),),
             ).rowcount
-        while True:
-            size, rows = db.execute(
-                "SELECT (SELECT value FROM totals WHERE name = 'answered_bytes'), "
-                "(SELECT count(*) FROM answered)"
-            ).fetchone()
-            if size <= retention.answered_max_bytes or not rows:
-                break
-            excess = -(-(size - retention.answered_max_bytes) * rows // size)
+        while excess := _excess(db, "answered", retention.answered_max_bytes):
             db.execute(
                 "DELETE FROM answered WHERE id IN "
                 "(SELECT id FROM answered ORDER BY answered_at LIMIT ?)",
@@ -387,3 +382,13 @@ class SqliteLog:
         for reason in ("age", "capacity"):
             if evicted[reason]:
                 self._on_evict(reason, evicted[reason])
+
+
+def _excess(db: sqlite3.Connection, table: str, max_bytes: int, max_rows: int = 0) -> int:
+    """Rows to drop from ``table`` to be within its bounds (from its counted totals), else 0."""
+    totals = dict(db.execute("SELECT name, value FROM totals").fetchall())
+    rows, size = totals[f"{table}_rows"], totals[f"{table}_bytes"]
+    excess = rows - max_rows if max_rows else 0
+    if size > max_bytes and rows:
+        excess = max(excess, -(-(size - max_bytes) * rows // size))  # ceil, by average row
+    return max(excess, 0)
