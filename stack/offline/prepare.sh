@@ -8,7 +8,8 @@
 #      (cached in $CALOPS_CACHE/rootfs, keyed by the hash of rootfs.sh),
 #   4. builds a wheelhouse of the project's dependencies on the host (cached, keyed by the
 #      hash of the requirements) and serves it on loopback while the images build,
-#   5. builds the Prometheus, MLflow and API images that stack/compose.offline.yaml names.
+#   5. builds the Prometheus, Redis, HAProxy (gateway), MLflow and API images that
+#      stack/compose.offline.yaml names.
 # Then: CALOPS_COMPOSE_FILES=stack/compose.offline.yaml calops up --runtime docker
 # `prepare.sh --engine-only` stops after step 1 (CI uses it to learn whether an engine can run).
 set -euo pipefail
@@ -82,20 +83,54 @@ import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 deps = [*project["dependencies"], *project["optional-dependencies"]["serve"]]
 print(*deps, "hatchling", f"mlflow=={sys.argv[2]}", sep="\n")
+# Part of the cache key: wheelhouses made before complete_wheelhouse existed are rebuilt.
+print("# completed by the base image's pip")
 PY
     key=$(key_of "$requirements")
     wheelhouse="$cache/wheels/$key"
     if [[ ! -f $wheelhouse/.complete ]]; then
         step "building the wheelhouse (cached as $wheelhouse)"
-        rm -rf "$cache/wheels"
+        # The previous wheelhouse is offered to pip first: a changed requirement list downloads
+        # only what changed (on equal versions pip takes the local wheel).
+        local previous="$cache/wheels.previous"
+        if [[ -d $previous ]]; then
+            rm -rf "$cache/wheels"  # what a failed build left; the last good one is kept
+        elif [[ -d $cache/wheels ]]; then
+            mv "$cache/wheels" "$previous"
+        fi
         mkdir -p "$wheelhouse"
-        "$python" -m pip wheel --disable-pip-version-check -w "$wheelhouse" -r "$requirements" \
-            >"$logs/wheelhouse-build.log" 2>&1 || { tail -n 20 "$logs/wheelhouse-build.log" >&2; exit 1; }
+        local reuse=()
+        for folder in "$previous"/*/; do
+            if [[ -f $folder/.complete ]]; then reuse+=(--find-links "$folder"); fi
+        done
+        "$python" -m pip wheel --disable-pip-version-check -w "$wheelhouse" "${reuse[@]}" \
+            -r "$requirements" >"$logs/wheelhouse-build.log" 2>&1 \
+            || { tail -n 20 "$logs/wheelhouse-build.log" >&2; exit 1; }
+        complete_wheelhouse "$requirements"
         touch "$wheelhouse/.complete"
+        rm -rf "$previous"
     else
         step "wheelhouse $wheelhouse present"
     fi
     rm -f "$requirements"
+}
+
+# The host's Python decides the environment markers of the wheelhouse, and its version may not
+# be the image's (redis needs async-timeout below Python 3.11.3, bookworm has 3.11.2): the base
+# image's own pip resolves the list again and adds the wheels it lacks (through the host's CA,
+# for machines whose HTTPS is intercepted).
+complete_wheelhouse() {
+    local ca=/etc/ssl/certs/ca-certificates.crt
+    local trust=()
+    if [[ -f $ca ]]; then
+        trust=(-v "$ca:/etc/ssl/certs/calops-host-ca.crt:ro" -e PIP_CERT=/etc/ssl/certs/calops-host-ca.crt)
+    fi
+    docker run --rm --network host -e PIP_DISABLE_PIP_VERSION_CHECK=1 "${trust[@]}" \
+        -v "$wheelhouse:/wheels" -v "$1:/requirements.txt:ro" calops-offline/debian:bookworm \
+        sh -c 'python3 -m venv /tmp/venv && /tmp/venv/bin/pip download --only-binary=:all: \
+            --find-links /wheels -d /wheels -r /requirements.txt' \
+        >"$logs/wheelhouse-complete.log" 2>&1 \
+        || { tail -n 20 "$logs/wheelhouse-complete.log" >&2; exit 1; }
 }
 
 serve_wheelhouse() {
@@ -114,11 +149,11 @@ serve_wheelhouse() {
 }
 
 build_images() {
-    step "building calops-offline/prometheus:2, calops-offline/mlflow:$mlflow_version, calops-offline/api:local"
+    step "building calops-offline/{prometheus:2,redis:7,haproxy:2,mlflow:$mlflow_version,api:local}"
     # Through compose, so that `calops up` later finds the same images and build cache.
     GRAFANA_ADMIN_PASSWORD=unused-while-building CALOPS_WHEEL_PORT=$wheel_port \
         docker compose -f "$stack/compose.yaml" -f "$stack/compose.offline.yaml" \
-        build --progress=plain prometheus mlflow api >"$logs/build.log" 2>&1 \
+        build --progress=plain prometheus redis gateway mlflow api >"$logs/build.log" 2>&1 \
         || { tail -n 40 "$logs/build.log" >&2; exit 1; }
 }
 

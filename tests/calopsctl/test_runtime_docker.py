@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,8 +15,8 @@ from calapi.errors import CalopsError
 from calopsctl import paths
 from calopsctl.runtime import docker as docker_module
 from calopsctl.runtime import select_runtime
-from calopsctl.runtime.base import StackSpec
-from calopsctl.runtime.docker import DockerRuntime, compose_env, engine_answers
+from calopsctl.runtime.base import Replica, StackSpec
+from calopsctl.runtime.docker import DockerRuntime, compose_env, engine_answers, with_companions
 from calopsctl.runtime.local import LocalRuntime
 from calopsctl.services import SERVICES, RuntimeChoice
 from calopsctl.settings import CliSettings
@@ -23,17 +24,33 @@ from calopsctl.state import StackState
 
 PORTS = {"api": 8010, "prometheus": 9091, "grafana": 3001, "mlflow": 5001}
 ALL = ["api", "prometheus", "grafana", "mlflow"]
+# What the shipped compose files define: the stack's services, the gateway and the log's Redis.
+COMPOSED = [*ALL, "gateway", "redis"]
 
 
-def _container(service: str, *, running: bool = True, health: str | None = "healthy") -> Any:
+def _container(
+    service: str,
+    *,
+    running: bool = True,
+    health: str | None = "healthy",
+    number: int = 1,
+    status: str | None = None,
+    networks: dict[str, str] | None = None,
+) -> Any:
+    labels = {
+        "com.docker.compose.service": service,
+        "com.docker.compose.container-number": str(number),
+    }
+    addresses = {name: SimpleNamespace(ip_address=ip) for name, ip in (networks or {}).items()}
     return SimpleNamespace(
-        name=f"calops-{service}-1",
-        config=SimpleNamespace(labels={"com.docker.compose.service": service}),
+        name=f"calops-{service}-{number}",
+        config=SimpleNamespace(labels=labels),
         state=SimpleNamespace(
             running=running,
-            status="running" if running else "exited",
+            status=status or ("running" if running else "exited"),
             health=SimpleNamespace(status=health) if health else None,
         ),
+        network_settings=SimpleNamespace(networks=addresses),
     )
 
 
@@ -46,6 +63,7 @@ class FakeCompose:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.up_error: Exception | None = None
         self.installed = True
+        self.environ_at_up: dict[str, str] = {}
 
     def is_installed(self) -> bool:
         return self.installed
@@ -55,6 +73,7 @@ class FakeCompose:
 
     def up(self, **kwargs: Any) -> None:
         self.calls.append(("up", kwargs))
+        self.environ_at_up = dict(os.environ)
         if self.up_error:
             raise self.up_error
 
@@ -71,19 +90,31 @@ class FakeCompose:
         return "line one\nline two\n"
 
 
+class FakeContainers:
+    """Stands in for DockerClient.container: the logs of one container."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def logs(self, container: str, **kwargs: Any) -> str:
+        self.calls.append((container, kwargs))
+        return f"{container} started\n"
+
+
 class FakeFactory:
     """Stands in for python_on_whales.DockerClient and keeps the arguments it was built with."""
 
     def __init__(self, compose: FakeCompose) -> None:
         self.compose = compose
+        self.container = FakeContainers()
         self.kwargs: list[dict[str, Any]] = []
 
     def __call__(self, **kwargs: Any) -> Any:
         self.kwargs.append(kwargs)
-        return SimpleNamespace(compose=self.compose)
+        return SimpleNamespace(compose=self.compose, container=self.container)
 
 
-def _spec(tmp_path: Path, model: str | None = None) -> StackSpec:
+def _spec(tmp_path: Path, model: str | None = None, replicas: int = 1) -> StackSpec:
     artifacts = tmp_path / "artifacts"
     return StackSpec(
         ports=PORTS,
@@ -91,6 +122,7 @@ def _spec(tmp_path: Path, model: str | None = None) -> StackSpec:
         model=model or str(artifacts),
         grafana_password="s3cret-pw",
         timeout=90,
+        replicas=replicas,
     )
 
 
@@ -275,6 +307,141 @@ def test_unknown_runtime_is_refused_with_the_choices(isolated_home: Path) -> Non
     assert all(choice in result.output for choice in ("auto", "docker", "local"))
 
 
+def test_env_file_asks_for_the_replicas(tmp_path: Path) -> None:
+    """`--replicas 3` reaches compose.yaml as API_REPLICAS (api replicas, the gateway's wait)."""
+    runtime, _ = _runtime(tmp_path, FakeCompose(COMPOSED))
+    runtime.availability(_spec(tmp_path, replicas=3))
+    assert "API_REPLICAS=3" in runtime.env_file.read_text()
+    assert compose_env(_spec(tmp_path))["API_REPLICAS"] == "1"
+
+
+def test_gateway_and_redis_are_compose_details_not_stack_services(tmp_path: Path) -> None:
+    """The stack's services stay the four of the services table: the gateway serves the api's
+    port and Redis its log, so neither has a port, a flag or a health row of its own."""
+    runtime, _ = _runtime(tmp_path, FakeCompose(COMPOSED))
+    available = runtime.availability(_spec(tmp_path, replicas=2))
+    assert available.services == ALL
+    assert available.absent == {}
+
+
+def test_the_api_starts_with_its_gateway_and_its_log(tmp_path: Path) -> None:
+    """The step that starts the api starts redis and the gateway with it; the MLflow step not."""
+    compose = FakeCompose(COMPOSED)
+    runtime, _ = _runtime(tmp_path, compose)
+    runtime.availability(_spec(tmp_path, replicas=3))
+    runtime.up(_spec(tmp_path, replicas=3), _state(), lambda state: None, ["mlflow"])
+    runtime.up(_spec(tmp_path, replicas=3), _state(), lambda state: None, ["api", "prometheus"])
+    started = [kwargs["services"] for name, kwargs in compose.calls if name == "up"]
+    assert started == [["mlflow"], ["api", "redis", "gateway", "prometheus"]]
+
+
+def test_companions_only_when_the_compose_files_define_them() -> None:
+    """An override without a gateway or Redis starts the api alone; none is listed twice."""
+    assert with_companions(["api", "grafana"], set(ALL)) == ["api", "grafana"]
+    assert with_companions(["gateway", "api"], set(COMPOSED)) == ["gateway", "api", "redis"]
+
+
+@pytest.mark.parametrize("replicas", [0, 17])
+def test_replicas_beyond_the_gateway_slots_are_refused(tmp_path: Path, replicas: int) -> None:
+    """The gateway has 16 server slots: 0 or 17 replicas are refused before anything starts."""
+    runtime, _ = _runtime(tmp_path, FakeCompose(COMPOSED))
+    with pytest.raises(CalopsError, match=f"1 to 16 API replicas.*{replicas} were asked for"):
+        runtime.availability(_spec(tmp_path, replicas=replicas))
+
+
+def test_replicas_without_a_gateway_are_refused(tmp_path: Path) -> None:
+    """Compose files with no gateway cannot put several replicas behind one port."""
+    runtime, _ = _runtime(tmp_path, FakeCompose(ALL))
+    with pytest.raises(CalopsError, match="need the gateway service"):
+        runtime.availability(_spec(tmp_path, replicas=2))
+    assert runtime.availability(_spec(tmp_path)).services == ALL  # one replica needs none
+
+
+def test_replicas_are_the_api_containers_with_their_network_address(tmp_path: Path) -> None:
+    """One Replica per api container, by compose number, at its compose-network address."""
+    containers = [
+        _container("api", number=2, networks={"calops_default": "172.18.0.6"}),
+        _container("gateway", networks={"calops_default": "172.18.0.9"}),
+        _container("api", number=1, networks={"other": "10.0.0.2", "calops_default": "172.18.0.5"}),
+        _container("api", number=3, running=False, health=None),
+    ]
+    runtime, _ = _runtime(tmp_path, FakeCompose(COMPOSED, containers=containers))
+    assert runtime.replicas(_state()) == [
+        Replica("api-1", running=True, address="172.18.0.5:8000"),
+        Replica("api-2", running=True, address="172.18.0.6:8000"),
+        Replica("api-3", running=False, address=""),
+    ]
+
+
+def test_alive_counts_a_service_up_while_one_replica_runs(tmp_path: Path) -> None:
+    """An api with one replica stopped is alive; gateway and redis are reported by name."""
+    containers = [
+        _container("api", number=1, running=False),
+        _container("api", number=2),
+        _container("gateway"),
+        _container("redis", running=False),
+    ]
+    runtime, _ = _runtime(tmp_path, FakeCompose(COMPOSED, containers=containers))
+    assert runtime.alive(_state()) == {"api": True, "gateway": True, "redis": False}
+
+
+def test_down_reports_every_service_that_ran(tmp_path: Path) -> None:
+    """`down` names the gateway and Redis among what it stopped, each once."""
+    containers = [_container("api", number=n) for n in (1, 2, 3)]
+    containers += [_container("gateway"), _container("redis")]
+    runtime, _ = _runtime(tmp_path, FakeCompose(COMPOSED, containers=containers))
+    assert runtime.down(_state(), volumes=False) == ["api", "gateway", "redis"]
+
+
+def test_the_failed_service_is_named_before_those_waiting_for_it(tmp_path: Path) -> None:
+    """A gateway left "created" behind an unhealthy api: the error names the api."""
+    containers = [
+        _container("gateway", running=False, health=None, status="created"),
+        _container("api", health="unhealthy"),
+    ]
+    compose = FakeCompose(COMPOSED, containers=containers)
+    compose.up_error = DockerException(["docker", "compose", "up"], 1, b"", b"dependency failed")
+    runtime, _ = _runtime(tmp_path, compose)
+    with pytest.raises(CalopsError, match="Service api did not become healthy"):
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ALL)
+
+
+def test_the_env_file_wins_over_the_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose prefers the shell's variables to the env file's: while `up` runs, the shell's
+    HOST_PORT and API_REPLICAS are hidden, so the ports and replicas asked for are the ones
+    used; they are back afterwards."""
+    monkeypatch.setenv("HOST_PORT", "8999")
+    monkeypatch.setenv("API_REPLICAS", "5")
+    compose = FakeCompose(COMPOSED)
+    runtime, _ = _runtime(tmp_path, compose)
+    spec = _spec(tmp_path, replicas=3)
+    runtime.availability(spec)
+    runtime.up(spec, _state(), lambda state: None, ["api"])
+    assert "HOST_PORT" not in compose.environ_at_up
+    assert "API_REPLICAS" not in compose.environ_at_up
+    assert (os.environ["HOST_PORT"], os.environ["API_REPLICAS"]) == ("8999", "5")
+
+
+def test_a_replica_log_is_its_container_log(tmp_path: Path) -> None:
+    """`api-2` (a replica's name) reads container calops-api-2; `api` reads the service's logs."""
+    compose = FakeCompose(COMPOSED)
+    runtime, factory = _runtime(tmp_path, compose)
+    assert runtime.log_tail(_state(), "api-2", lines=5) == "calops-api-2 started"
+    assert factory.container.calls == [("calops-api-2", {"tail": 5})]
+    assert runtime.log_tail(_state(), "api") == "line one\nline two"
+    assert [kw["services"] for name, kw in compose.calls if name == "logs"] == [["api"]]
+
+
+def test_log_hints_name_a_command_that_works(tmp_path: Path) -> None:
+    """A replica's hint is its container's `docker logs`; a service's is `calops logs`."""
+    runtime, _ = _runtime(tmp_path, FakeCompose(COMPOSED))
+    assert runtime.log_hint(_state(), "api-3") == (
+        "docker logs calops-api-3 (every replica: calops logs api)"
+    )
+    assert runtime.log_hint(_state(), "api") == "calops logs api"
+    assert runtime.log_hint(_state(), "prometheus") == "calops logs prometheus"
+
+
 @pytest.mark.integration
 def test_engine_check_against_a_socket_nobody_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real docker CLI pointed at a dead socket makes the engine check answer False."""
@@ -303,7 +470,8 @@ def test_real_compose_reads_the_stack_with_the_env_file(
     runtime = DockerRuntime(tmp_path / "home")
     assert runtime.availability(_spec(tmp_path)).services == ALL
     config = runtime.client.compose.config(return_json=True)
-    assert str(config["services"]["api"]["ports"][0]["published"]) == "8010"
+    assert str(config["services"]["gateway"]["ports"][0]["published"]) == "8010"
+    assert "ports" not in config["services"]["api"]
     offline = DockerRuntime(
         tmp_path / "home", overrides=[paths.stack_dir() / "compose.offline.yaml"]
     )

@@ -28,7 +28,8 @@ from stacktools import (
 )
 
 ALERTS_TEST = Path(__file__).with_name("alerts_test.yml")
-SERVICES = {"api", "prometheus", "grafana", "mlflow"}
+SERVICES = {"api", "gateway", "redis", "prometheus", "grafana", "mlflow"}
+GATEWAY_CONFIG = STACK / "gateway" / "haproxy.cfg"
 STACK_ENV = {
     "HOST_PORT": "8010",
     "PROMETHEUS_PORT": "9091",
@@ -90,7 +91,7 @@ def test_promtool_accepts_alert_rules() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 rules found" in result.stdout
+    assert "6 rules found" in result.stdout
 
 
 def test_alerts_fire_on_the_conditions_they_name() -> None:
@@ -101,12 +102,16 @@ def test_alerts_fire_on_the_conditions_they_name() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_prometheus_scrapes_the_api_job() -> None:
-    """prometheus.yml has a job `api` scraping /metrics on the api service."""
+def test_prometheus_scrapes_every_api_replica() -> None:
+    """Job `api` scrapes /metrics on each replica: Docker's DNS gives one A record per container."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert jobs["api"].get("metrics_path", "/metrics") == "/metrics"
-    assert jobs["api"]["static_configs"][0]["targets"] == ["api:8000"]
+    api = jobs["api"]
+    assert api.get("metrics_path", "/metrics") == "/metrics"
+    assert api["dns_sd_configs"] == [
+        {"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "5s"}
+    ]
+    assert "static_configs" not in api
 
 
 def test_every_stack_file_parses() -> None:
@@ -169,7 +174,9 @@ def test_ports_are_loopback_only_and_configurable(model: dict[str, Any]) -> None
         for name, service in model["services"].items()
     }
     assert published == {
-        "api": [("127.0.0.1", "8010", 8000)],
+        "api": [],  # behind the gateway: replicas cannot share a host port
+        "gateway": [("127.0.0.1", "8010", 8000)],
+        "redis": [],
         "prometheus": [("127.0.0.1", "9091", 9090)],
         "grafana": [("127.0.0.1", "3001", 3000)],
         "mlflow": [("127.0.0.1", "5001", 5000)],
@@ -186,22 +193,27 @@ def test_images_are_pinned_and_services_checked(model: dict[str, Any]) -> None:
 
 
 def test_start_order_waits_for_health(model: dict[str, Any]) -> None:
-    """Dependencies wait for `service_healthy`: mlflow, then api, then prometheus, then grafana."""
+    """Dependencies wait for `service_healthy`: mlflow and redis, then api, then the gateway
+    and prometheus, then grafana."""
     order = {
         name: {dep: spec["condition"] for dep, spec in service.get("depends_on", {}).items()}
         for name, service in model["services"].items()
     }
     assert order == {
         "mlflow": {},
-        "api": {"mlflow": "service_healthy"},
+        "redis": {},
+        "api": {"mlflow": "service_healthy", "redis": "service_healthy"},
+        "gateway": {"api": "service_healthy"},
         "prometheus": {"api": "service_healthy"},
         "grafana": {"prometheus": "service_healthy"},
     }
 
 
 def test_data_lives_in_named_volumes(model: dict[str, Any]) -> None:
-    """Prometheus, Grafana and MLflow keep data in named volumes; the model mount is read-only."""
-    assert set(model["volumes"]) == {"prometheus-data", "grafana-data", "mlflow-data"}
+    """Prometheus, Grafana, MLflow and Redis keep data in named volumes; the model mount is
+    read-only."""
+    assert set(model["volumes"]) == {"prometheus-data", "grafana-data", "mlflow-data", "redis-data"}
+    assert [m["source"] for m in model["services"]["redis"]["volumes"]] == ["redis-data"]
     api_mounts = model["services"]["api"]["volumes"]
     assert api_mounts == [
         {"type": "bind", "source": "/srv/models", "target": "/models", "read_only": True}
@@ -225,6 +237,92 @@ def test_offline_override_swaps_images_and_leaves_grafana_out(compose: list[str]
     images = {name: service["image"] for name, service in offline["services"].items()}
     assert images == {
         "api": "calops-offline/api:local",
+        "gateway": "calops-offline/haproxy:2",
+        "redis": "calops-offline/redis:7",
         "prometheus": "calops-offline/prometheus:2",
         "mlflow": "calops-offline/mlflow:3.17.2",
     }
+    for name in ("gateway", "redis"):
+        assert offline["services"][name]["build"]["context"] == str(STACK / "offline"), name
+
+
+def test_replicas_come_from_api_replicas(compose: list[str], model: dict[str, Any]) -> None:
+    """API_REPLICAS sets the api's replicas and the count the gateway waits for (default 1)."""
+    assert model["services"]["api"]["deploy"]["replicas"] == 1
+    assert model["services"]["gateway"]["environment"]["API_REPLICAS"] == "1"
+    three = run_config(compose, {**STACK_ENV, "API_REPLICAS": "3"}, COMPOSE_FILE, OFFLINE_FILE)
+    assert three["services"]["api"]["deploy"]["replicas"] == 3
+    assert three["services"]["gateway"]["environment"]["API_REPLICAS"] == "3"
+
+
+def test_every_replica_shares_the_redis_prediction_log(model: dict[str, Any]) -> None:
+    """The api replicas keep predictions in the redis service, which never evicts and persists
+    to an append-only file."""
+    assert model["services"]["api"]["environment"]["CALOPS_PREDICTION_LOG"] == (
+        "redis://redis:6379/0"
+    )
+    command = model["services"]["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert command[0] == "redis-server"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert options["--appendonly"] == "yes"
+    assert options["--maxmemory"] == "256mb"
+    assert model["services"]["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "-e", "ping"]
+
+
+def test_gateway_mounts_its_config_where_haproxy_reads_it(model: dict[str, Any]) -> None:
+    """stack/gateway is mounted read-only at the official image's config folder, and the
+    gateway's healthcheck asks its monitor endpoint."""
+    mounts = model["services"]["gateway"]["volumes"]
+    assert [(m["source"], m["target"], m.get("read_only")) for m in mounts] == [
+        (str(STACK / "gateway"), "/usr/local/etc/haproxy", True)
+    ]
+    test = model["services"]["gateway"]["healthcheck"]["test"]
+    assert test[-1] == "http://127.0.0.1:8404/healthz"
+
+
+def haproxy() -> str:
+    """Path of haproxy, or skip with the reason."""
+    found = shutil.which("haproxy")
+    if found is None:
+        pytest.skip("haproxy not found: install Debian's `haproxy` package")
+    return found
+
+
+def check_gateway_config(replicas: str | None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "")}
+    if replicas is not None:
+        env["API_REPLICAS"] = replicas
+    return subprocess.run(
+        [haproxy(), "-c", "-f", str(GATEWAY_CONFIG)],
+        capture_output=True, text=True, check=False, env=env,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("replicas", [None, "1", "16"])
+def test_haproxy_accepts_the_gateway_config(replicas: str | None) -> None:
+    """`haproxy -c` (Debian's 2.6, the offline image's) accepts the gateway's config, with or
+    without API_REPLICAS."""
+    result = check_gateway_config(replicas)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gateway_config_balances_over_the_api_service() -> None:
+    """Round-robin over 16 slots filled from Docker's DNS, each health-checked on /healthz."""
+    lines = [line.split("#")[0].strip() for line in GATEWAY_CONFIG.read_text().splitlines()]
+    for expected in (
+        "nameserver dns 127.0.0.11:53",
+        "balance roundrobin",
+        "option httpchk GET /healthz",
+        "server-template api 16 api:8000 check resolvers docker init-addr none",
+        "bind :8000",
+        'monitor fail if { nbsrv(api) lt "${API_REPLICAS-1}" }',
+    ):
+        assert expected in lines, expected
+
+
+def test_the_gateway_slots_bound_the_replicas() -> None:
+    """The docker runtime refuses more replicas than the gateway's server-template has slots."""
+    from calopsctl.runtime.docker import MAX_REPLICAS
+
+    assert f"server-template api {MAX_REPLICAS} api:8000" in GATEWAY_CONFIG.read_text()

@@ -26,6 +26,7 @@ from support import free_port, running
 pytestmark = pytest.mark.integration
 
 ROWS = 24
+RECORDING_RULES = PROMETHEUS_CONFIG.with_name("recording.yml")
 DRIFT_ROWS = 250  # above the API's default CALOPS_DRIFT_MIN_ROWS, so drift has a value
 
 
@@ -33,10 +34,11 @@ def local_prometheus_config(api_url: str, folder: Path) -> Path:
     """The shipped prometheus.yml pointed at ``api_url``, scraping every second."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(ALERT_RULES)]
+    config["rule_files"] = [str(RECORDING_RULES), str(ALERT_RULES)]
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
         if job["job_name"] == "api":
+            job.pop("dns_sd_configs", None)  # the compose replicas, found through Docker's DNS
             job["static_configs"] = [{"targets": [api_url.removeprefix("http://")]}]
     path = folder / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
@@ -103,6 +105,8 @@ def traffic(live_api: str, prometheus: str) -> str:
     wait_for_query(prometheus, "sum(app_feedback_lag_seconds_count)", at_least=2 * ROWS)
     send_batch(live_api, synthetic_rows(DRIFT_ROWS))
     wait_for_query(prometheus, "app_drift_window_rows", at_least=DRIFT_ROWS)
+    # The recording rules' group runs every 5 s: the RMSLE over every process needs one pass.
+    wait_for_query(prometheus, "calops:app_rolling_rmsle_5m", at_least=0)
     return prometheus
 
 
@@ -125,12 +129,14 @@ def test_model_panel_shows_the_served_version_and_its_alias(live_api: str, traff
 def test_api_alerts_load_in_prometheus(traffic: str) -> None:
     """The alert rules load into the real Prometheus and the API is not reported down."""
     rules = httpx.get(f"{traffic}/api/v1/rules", timeout=10.0).json()["data"]["groups"]
-    names = {rule["name"] for group in rules for rule in group["rules"]}
+    names = {r["name"] for group in rules for r in group["rules"] if r["type"] == "alerting"}
     assert names == {
         "ApiDown",
+        "ApiGone",
         "ApiLatencyP95High",
         "RollingRmsleHigh",
         "NoFeedbackReceived",
         "FeatureDrift",
     }
     assert instant_query(traffic, 'ALERTS{alertname="ApiDown"}') == []
+    assert instant_query(traffic, 'ALERTS{alertname="ApiGone"}') == []

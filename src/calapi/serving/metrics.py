@@ -84,7 +84,7 @@ class ApiMetrics:
 
     def _init_feedback_metrics(self, registry: CollectorRegistry) -> None:
         self.evictions = Counter(
-            "app_feedback_evictions", "Unanswered predictions dropped from the store, by reason.",
+            "app_feedback_evictions", "Unanswered predictions dropped from the log, by reason.",
             ("reason",), registry=registry,
         )  # fmt: skip
         for reason in ("capacity", "age"):

@@ -3,6 +3,11 @@
 ``up`` rebuilds the API image and recreates every container (the seed's ``compose-up-observe``)
 and lets Compose wait for the healthchecks; when one fails, the error names the service and
 shows the end of its log.
+
+The API runs as ``API_REPLICAS`` containers of the compose service ``api`` (``deploy.replicas``)
+with no host port: the ``gateway`` service publishes the API's port and spreads requests over
+every replica, which keep their predictions in the ``redis`` service. Those two start with the
+api; the gateway is healthy only once it routes to every replica, so Compose's wait covers them.
 """
 
 from __future__ import annotations
@@ -11,17 +16,28 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from calapi.errors import CalopsError
 from calopsctl.paths import source_root, stack_dir
-from calopsctl.runtime.base import Availability, Runtime, SaveState, StackSpec
-from calopsctl.services import NAMES, SERVICES
+from calopsctl.runtime.base import Availability, Replica, Runtime, SaveState, StackSpec
+from calopsctl.services import API, NAMES, SERVICES
 from calopsctl.state import StackState
 
 PROJECT = "calops"
+NETWORK: Final = f"{PROJECT}_default"  # the compose network the replicas are scraped on
+API_CONTAINER_PORT: Final = 8000
+MAX_REPLICAS: Final = 16  # server-template slots of stack/gateway/haproxy.cfg
+GATEWAY: Final = "gateway"
+# Compose services started with a stack service when the compose files define them: the api's
+# shared prediction log, and the gateway publishing the api's port.
+COMPANIONS: Final = {API.name: ("redis", GATEWAY)}
+SERVICE_LABEL: Final = "com.docker.compose.service"
+NUMBER_LABEL: Final = "com.docker.compose.container-number"
+FAILED_STATES: Final = frozenset({"unhealthy", "exited", "dead"})
 ClientFactory = Callable[..., Any]
 
 
@@ -52,6 +68,7 @@ def compose_env(spec: StackSpec) -> dict[str, str]:
     env = {service.port_env: str(spec.ports[service.name]) for service in SERVICES}
     env["GRAFANA_ADMIN_PASSWORD"] = spec.grafana_password
     env["CALOPS_ARTIFACTS"] = str(spec.artifacts)
+    env["API_REPLICAS"] = str(spec.replicas)
     # A host folder means nothing inside the container: compose.yaml mounts the artifacts
     # folder and points the API at it; only a registry reference is passed through.
     if spec.model.startswith("models:/"):
@@ -80,6 +97,7 @@ class DockerRuntime(Runtime):
         self.home = home
         self.overrides = tuple(overrides)
         self.client_factory = client_factory
+        self._defined: set[str] | None = None  # compose services, once read
 
     @property
     def env_file(self) -> Path:
@@ -101,8 +119,8 @@ class DockerRuntime(Runtime):
                 "docker-compose-plugin package, or use --runtime local."
             )
         self._write_env(spec)
-        config = self._compose("read the compose files", lambda c: c.config(return_json=True))
-        defined = set(config.get("services", {}))
+        defined = self._compose_services()
+        check_replicas(spec.replicas, defined)
         services = [s for s in NAMES if s in defined]
         absent = {s: "left out by the compose files" for s in NAMES if s not in defined}
         return Availability(services=services, absent=absent)
@@ -117,17 +135,19 @@ class DockerRuntime(Runtime):
                 "from a clone of the repository, or pass --no-build with the image already built."
             )
         save(state)  # recorded first, so `calops down` can clean up a half-started stack
+        started = with_companions(services, self._compose_services())
         try:
-            self.client.compose.up(
-                services=list(services),
-                build=build,
-                force_recreate=True,
-                dependencies=False,  # started in an earlier step, and left running
-                remove_orphans=True,
-                detach=True,
-                wait=spec.wait,
-                wait_timeout=int(spec.timeout) if spec.wait else None,
-            )
+            with self._env_file_wins():
+                self.client.compose.up(
+                    services=started,
+                    build=build,
+                    force_recreate=True,
+                    dependencies=False,  # started in an earlier step, and left running
+                    remove_orphans=True,
+                    detach=True,
+                    wait=spec.wait,
+                    wait_timeout=int(spec.timeout) if spec.wait else None,
+                )
         except _docker_exception() as exc:
             raise CalopsError(self._failure(state, exc)) from None
 
@@ -138,12 +158,28 @@ class DockerRuntime(Runtime):
         return running
 
     def alive(self, state: StackState) -> dict[str, bool]:
-        containers = self._compose("list the containers", lambda c: c.ps(all=True))
-        return {_service_of(c): bool(c.state.running) for c in containers}
+        """Per compose service (gateway and redis too): does any of its containers run?"""
+        alive: dict[str, bool] = {}
+        for container in self._containers():
+            service = _service_of(container)
+            alive[service] = alive.get(service, False) or bool(container.state.running)
+        return alive
+
+    def replicas(self, state: StackState) -> list[Replica]:
+        """One per container of the api service, by its compose number: api-1, api-2, ..."""
+        api = [c for c in self._containers() if _service_of(c) == API.name]
+        return [_replica(c) for c in sorted(api, key=_number)]
 
     def log_tail(self, state: StackState, service: str, lines: int = 30) -> str:
+        """The end of a service's log, or of one API replica's (``api-2``: its container's)."""
+        number = replica_number(service)
         try:
-            text = self.client.compose.logs(services=[service], tail=str(lines), no_log_prefix=True)
+            if number is None:
+                text = self.client.compose.logs(
+                    services=[service], tail=str(lines), no_log_prefix=True
+                )
+            else:
+                text = self.client.container.logs(replica_container(number), tail=lines)
         except _docker_exception():
             return ""
         return str(text).rstrip()
@@ -161,9 +197,38 @@ class DockerRuntime(Runtime):
     def where_logs(self, state: StackState) -> str:
         return "calops logs [SERVICE] (docker compose logs)"
 
+    def log_hint(self, state: StackState, service: str) -> str:
+        number = replica_number(service)
+        if number is None:
+            return f"calops logs {service}"
+        return f"docker logs {replica_container(number)} (every replica: calops logs {API.name})"
+
+    def _containers(self) -> list[Any]:
+        return list(self._compose("list the containers", lambda c: c.ps(all=True)))
+
+    def _compose_services(self) -> set[str]:
+        """The services the compose files define (read once per runtime)."""
+        if self._defined is None:
+            config = self._compose("read the compose files", lambda c: c.config(return_json=True))
+            self._defined = set(config.get("services", {}))
+        return self._defined
+
+    @contextmanager
+    def _env_file_wins(self) -> Iterator[None]:
+        """Compose lets the shell's variables override the env file's; the env file holds what
+        this `up` decided (``HOST_PORT=8010 calops up --host-port 8020`` publishes 8020), so the
+        shell's values of its variables are hidden from Compose meanwhile."""
+        keys = env_file_keys(self.env_file)
+        hidden = {key: os.environ.pop(key) for key in keys if key in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(hidden)
+
     def _compose(self, doing: str, call: Callable[[Any], Any]) -> Any:
         try:
-            return call(self.client.compose)
+            with self._env_file_wins():
+                return call(self.client.compose)
         except _docker_exception() as exc:
             detail = (getattr(exc, "stderr", None) or str(exc)).strip().splitlines()
             last = detail[-1] if detail else "no output"
@@ -200,12 +265,82 @@ class DockerRuntime(Runtime):
             status = _container_status(container)
             if status not in ("running", "healthy"):
                 found.append((_service_of(container), status))
-        return found
+        # A service that failed first, before those left waiting for it ("created").
+        return sorted(found, key=lambda item: item[1] not in FAILED_STATES)
+
+
+def env_file_keys(path: Path) -> list[str]:
+    """The variables an env file sets (none when it does not exist)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [line.partition("=")[0] for line in lines if "=" in line]
+
+
+def check_replicas(replicas: int, defined: set[str]) -> None:
+    """Refuse a replica count the compose files cannot serve, in one sentence."""
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise CalopsError(
+            f"The Docker stack runs 1 to {MAX_REPLICAS} API replicas (the gateway's slots); "
+            f"{replicas} were asked for."
+        )
+    if replicas > 1 and GATEWAY not in defined:
+        raise CalopsError(
+            f"{replicas} API replicas need the {GATEWAY} service in front of them, and the "
+            "compose files define none; use the shipped stack/compose.yaml or --replicas 1."
+        )
+
+
+def with_companions(services: Sequence[str], defined: set[str]) -> list[str]:
+    """``services`` and, after each, the compose services that start with it (when defined)."""
+    started: list[str] = []
+    for service in services:
+        extra = [c for c in COMPANIONS.get(service, ()) if c in defined and c not in services]
+        started += [service, *extra]
+    return started
+
+
+def replica_number(name: str) -> int | None:
+    """3 for the API replica ``api-3``; None for a service name."""
+    prefix, _, number = name.rpartition("-")
+    return int(number) if prefix == API.name and number.isdigit() else None
+
+
+def replica_container(number: int) -> str:
+    """The container Compose names for API replica ``number``."""
+    return f"{PROJECT}-{API.name}-{number}"
+
+
+def _replica(container: Any) -> Replica:
+    ip = _ip_address(container)
+    address = f"{ip}:{API_CONTAINER_PORT}" if ip else ""
+    running = bool(container.state.running)
+    return Replica(name=f"{API.name}-{_number(container)}", running=running, address=address)
+
+
+def _ip_address(container: Any) -> str:
+    """The container's address on the compose network ("" when it has none: not running)."""
+    settings = getattr(container, "network_settings", None)
+    networks: dict[str, Any] = (getattr(settings, "networks", None) or {}) if settings else {}
+    preferred = [networks[NETWORK]] if NETWORK in networks else []
+    for network in [*preferred, *networks.values()]:
+        if getattr(network, "ip_address", None):
+            return str(network.ip_address)
+    return ""
+
+
+def _number(container: Any) -> int:
+    labels = container.config.labels or {}
+    try:
+        return int(labels.get(NUMBER_LABEL, 0))
+    except ValueError:
+        return 0
 
 
 def _service_of(container: Any) -> str:
     labels = container.config.labels or {}
-    return str(labels.get("com.docker.compose.service", container.name))
+    return str(labels.get(SERVICE_LABEL, container.name))
 
 
 def _container_status(container: Any) -> str:
