@@ -497,15 +497,22 @@ def _json(response: Any) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def follow(url: str, expected: str, timeout: float, poll: float = 0.25) -> ApiFollow:
-    """Wait (at most ``timeout`` s) until the API at ``url`` answers with ``expected``."""
+def follow(
+    url: str, expected: str, timeout: float, poll: float = 0.25, *, agreeing: int = 1
+) -> ApiFollow:
+    """Wait (at most ``timeout`` s) until the API at ``url`` answers with ``expected``
+    ``agreeing`` times in a row: behind one address several replicas each reload on their own,
+    and every check is a new connection, so a run of answers reaches each of them."""
     started = time.monotonic()
     seen: tuple[str | None, str | None] | None = None
+    streak = 0
     while True:
         seen = api_serving(url)
         elapsed = time.monotonic() - started
         if seen is None:
             return ApiFollow(url, False, None, False, elapsed)
-        if seen[0] == expected or elapsed >= timeout:
-            return ApiFollow(url, True, seen[0], seen[0] == expected, elapsed, seen[1])
-        time.sleep(poll)
+        streak = streak + 1 if seen[0] == expected else 0
+        if streak >= agreeing or elapsed >= timeout:
+            return ApiFollow(url, True, seen[0], streak >= agreeing, elapsed, seen[1])
+        if streak == 0:
+            time.sleep(poll)

@@ -158,7 +158,14 @@ def _follow(moved: Moved, where: Where, wait: float, say: Say) -> Outcome:
     expected = moved.current.api_version
     if wait > 0:
         say(f"Waiting up to {wait:g} s for the API at {url} to answer with {expected}...")
-    return Outcome(moved, lifecycle.follow(url, expected, wait), wait)
+    return Outcome(moved, lifecycle.follow(url, expected, wait, agreeing=_agreeing(where)), wait)
+
+
+def _agreeing(where: Where) -> int:
+    """Answers in a row that show every replica of the stack took the new version: twice as
+    many as replicas, since each check may reach any of them."""
+    state = None if where.url else load_state(where.home)
+    return 2 * state.replicas if state is not None else 1
 
 
 def verdict(outcome: Outcome) -> tuple[bool, str]:
