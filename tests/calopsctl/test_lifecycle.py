@@ -673,7 +673,13 @@ def test_follow_waits_until_the_api_switches() -> None:
 def test_follow_waits_until_every_replica_behind_the_address_agrees() -> None:
     """Replicas reload on their own: one answer with the new version is not enough when the
     next check reaches a replica still on the old one; ``agreeing`` answers in a row are."""
-    answers = ["calories/2", "calories/1", "calories/2", "calories/2", "calories/2"]
+    answers: list[str | None] = [
+        "calories/2",
+        "calories/1",
+        "calories/2",
+        "calories/2",
+        "calories/2",
+    ]
     with peer(answers) as api:
         followed = lifecycle.follow(api.url, "calories/2", timeout=10, poll=0.01, agreeing=3)
         calls = api.calls
