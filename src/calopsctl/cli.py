@@ -10,7 +10,7 @@ import typer
 
 from calapi import __version__
 from calopsctl.application import Application
-from calopsctl.commands import model, serving, stack, traffic
+from calopsctl.commands import k8s, model, serving, stack, traffic
 from calopsctl.console import expected_failures
 
 app = typer.Typer(
@@ -65,10 +65,26 @@ def _unwrap(doc: str | None) -> str:
     )
 
 
-def _register(function: Callable[..., Any], name: str, panel: str) -> None:
+def _register(
+    function: Callable[..., Any], name: str, panel: str, group: typer.Typer = app
+) -> None:
     command = expected_failures(function)
     command.__doc__ = _unwrap(function.__doc__)
-    app.command(name, rich_help_panel=panel)(command)
+    group.command(name, rich_help_panel=panel)(command)
+
+
+k8s_app = typer.Typer(
+    name="k8s",
+    help=(
+        "The stack on Kubernetes: the kustomize overlays in stack/k8s (`kubectl apply -k "
+        "stack/k8s/overlays/local`), built from compose's own Prometheus rules and Grafana "
+        "files.\n\n"
+        "Example: [bold]calops k8s render --overlay production[/]"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(k8s_app, rich_help_panel="Stack")
 
 
 _register(stack.up, "up", "Stack")
@@ -82,3 +98,4 @@ _register(model.promote, "promote", "Model")
 _register(model.rollback, "rollback", "Model")
 _register(serving.serve, "serve", "Model")
 _register(traffic.simulate, "simulate", "Traffic")
+_register(k8s.render, "render", "Kubernetes", group=k8s_app)

@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from calapi.errors import CalopsError
 
@@ -31,8 +32,8 @@ def print_json(data: Any) -> None:
 
 
 def fail(message: str) -> None:
-    """Print one error sentence on stderr."""
-    err.print(f"[bold red]Error:[/] {message}")
+    """Print one error sentence on stderr, as written: brackets in it are text, not markup."""
+    err.print(f"[bold red]Error:[/] {escape(message)}")
 
 
 def expected_failures(command: Callable[P, R]) -> Callable[P, R]:
