@@ -80,7 +80,8 @@ class _Parts:
     def build(cls, settings: ApiSettings, api_metrics: ApiMetrics) -> _Parts:
         drift = DriftMonitor(settings.drift_window_seconds, min_rows=settings.drift_min_rows)
         # A new model brings its own reference, so its drift window starts empty.
-        holder = ModelHolder(source_for(settings.model), api_metrics,
+        source = source_for(settings.model, allow_pickle=settings.allow_pickle)
+        holder = ModelHolder(source, api_metrics,
                              on_swap=lambda model: drift.reset(model, model.card))  # fmt: skip
         log = open_log(
             settings.prediction_log, settings.retention(),

@@ -7,6 +7,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from calapi.serving.predlog.base import Retention
 
+# Loopback, the compose services in front of the API and the Kubernetes Service (namespace
+# calops). Prometheus and the probes reach replicas by IP address, which is always allowed.
+DEFAULT_ALLOWED_HOSTS = ",".join(
+    (
+        "localhost", "api", "gateway", "api.calops", "api.calops.svc",
+        "api.calops.svc.cluster.local",
+    )
+)  # fmt: skip
+
 
 class ApiSettings(BaseSettings):
     """Typed settings of the API; build one with ``ApiSettings()`` and pass it to create_app."""
@@ -17,6 +26,16 @@ class ApiSettings(BaseSettings):
         default="artifacts",
         description="Artifacts folder (or a model file in one), or an MLflow URI "
         "such as models:/calories@champion.",
+    )
+    allow_pickle: bool = Field(
+        default=False,
+        description="Also load pickled models (joblib, pickle, cloudpickle), which run code "
+        "when loaded: only for model folders and registries nobody untrusted can write.",
+    )
+    allowed_hosts: str = Field(
+        default=DEFAULT_ALLOWED_HOSTS,
+        description="Comma-separated Host names the API answers (a name:port is also allowed "
+        "for each, IP addresses always are); '*' allows any. Guards against DNS rebinding.",
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

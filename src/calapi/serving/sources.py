@@ -67,8 +67,11 @@ class ModelSource(Protocol):
         ...
 
 
-def source_for(reference: str) -> ModelSource:
-    """The source for a setting: an MLflow ``models:/`` URI, else a local path."""
+def source_for(reference: str, *, allow_pickle: bool = False) -> ModelSource:
+    """The source for a setting: an MLflow ``models:/`` URI, else a local path.
+
+    ``allow_pickle``: also load pickled models, which run code when loaded.
+    """
     if reference.startswith(MLFLOW_SCHEME):
         return MlflowSource(reference)
     return LocalSource(Path(reference))
