@@ -51,8 +51,8 @@ def reuse(artifacts: Path) -> TrainedModel:
     """An artifacts folder trained earlier (training time not measured)."""
     import json
 
-    if not (artifacts / "model.joblib").is_file():
-        raise FileNotFoundError(f"{artifacts} holds no model.joblib; train one first.")
+    if not (artifacts / "model.skops").is_file():
+        raise FileNotFoundError(f"{artifacts} holds no model.skops; train one first.")
     metrics = json.loads((artifacts / "metrics.json").read_text())
     rows = int(metrics.get("n_train", 0)) + int(metrics.get("n_holdout", 0))
     return TrainedModel(artifacts.resolve(), float("nan"), rows, metrics)
@@ -62,9 +62,11 @@ def log_to_mlflow(trained: TrainedModel, store: Path) -> LoggedModel:
     """Log the fitted estimator to a fresh SQLite store under ``store``; return its URIs."""
     import logging
 
-    import joblib
     import mlflow
     from mlflow.models import infer_signature
+
+    from calapi.model.artifact import load_model
+    from calapi.model.safeformat import TRUSTED_TYPES
 
     # mlflow sets its own logger up on import; its store-migration chatter is not results.
     logging.getLogger("mlflow").setLevel(logging.ERROR)
@@ -73,7 +75,7 @@ def log_to_mlflow(trained: TrainedModel, store: Path) -> LoggedModel:
     tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.create_experiment("bench", artifact_location=(store / "artifacts").as_uri())
-    estimator = joblib.load(trained.artifacts / "model.joblib")
+    estimator = load_model(trained.artifacts / "model.skops")
     example = feature_frame(sample_rows(5, seed=1))
     signature = infer_signature(example, estimator.predict(example))
     with mlflow.start_run(experiment_id=experiment):
@@ -82,9 +84,9 @@ def log_to_mlflow(trained: TrainedModel, store: Path) -> LoggedModel:
             name="model",
             signature=signature,
             input_example=example,
-            # skops refuses calapi's own transformer; pickle by reference to the installed
-            # package, which `--env-manager local` serves from this same environment.
-            serialization_format="cloudpickle",
+            # As `calops train` logs it: skops, trusting calops's own list of types only.
+            serialization_format="skops",
+            skops_trusted_types=list(TRUSTED_TYPES),
         )
     return LoggedModel(tracking_uri, str(info.model_uri))
 

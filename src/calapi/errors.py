@@ -15,3 +15,11 @@ class DataError(CalopsError):
 
 class ModelError(CalopsError):
     """No model, or a model that cannot be loaded or used."""
+
+
+class ModelRefusedError(ModelError):
+    """A model file that could run code when loaded, or that is not the file its record names."""
+
+
+class PickleRefusedError(ModelRefusedError):
+    """A pickled model, refused because loading pickles was not allowed."""

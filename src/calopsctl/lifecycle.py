@@ -26,7 +26,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from calapi.errors import CalopsError
+from calapi.errors import CalopsError, PickleRefusedError
 from calapi.model.runrecord import RunInfo
 from calopsctl.runs import RunFolders
 
@@ -239,7 +239,9 @@ class FolderPointer:
         if legacy is None:
             return None
         info = legacy.info
-        folder = self.folders.adopt_legacy(self.model_name, info.sha256 or "", info.created)
+        folder = self.folders.adopt_legacy(
+            self.model_name, info.sha256 or "", info.created, info.model_file
+        )
         adopted = promotion or Promotion(
             folder.name, now(), operator(), "adopted", f"served from {self.folders.root} as it was"
         )
@@ -281,6 +283,7 @@ def _legacy_info(model: Path, model_name: str) -> RunInfo:
         rmsle=float(rmsle) if isinstance(rmsle, int | float) else None,
         trainer=f"written into {model.parent} directly",
         sha256=sha256,
+        model_file=model.name,
     )
 
 
@@ -367,14 +370,9 @@ def gate(
     held = f"version {champion.key}"
     if evaluation is None:
         return Verdict(False, f"{no_evaluation}; `calops promote {key}` moves it")
-    try:
-        old = score(pointer.load(champion), evaluation)
-    except CalopsError as exc:
-        return Verdict(
-            False,
-            f"{held} could not be loaded to score it on this run's holdout ({exc}); "
-            f"`calops promote {key}` moves it anyway",
-        )
+    old = _champion_score(pointer, champion, evaluation, key)
+    if isinstance(old, Verdict):
+        return old
     new = score(challenger(), evaluation)
     rows = len(evaluation)
     compared = f"RMSLE {new:.5f} vs {old:.5f} for {held}, both on this run's {rows:,} holdout rows"
@@ -383,6 +381,24 @@ def gate(
             False, f"{compared}: worse; `calops promote {key}` forces it", "gate", new, old, rows
         )
     return Verdict(True, f"{compared}: no worse", "gate", new, old, rows)
+
+
+def _champion_score(
+    pointer: ServingPointer, champion: Candidate, evaluation: pd.DataFrame, key: str
+) -> float | Verdict:
+    """The champion's RMSLE on the rows, or the verdict when it cannot be loaded to score."""
+    held = f"version {champion.key}"
+    try:
+        return score(pointer.load(champion), evaluation)
+    except PickleRefusedError as exc:
+        # The API refuses it too (a pickle of older calops): nothing serves that could be kept.
+        return Verdict(True, f"{held} cannot serve ({exc}); this run replaces it")
+    except CalopsError as exc:
+        return Verdict(
+            False,
+            f"{held} could not be loaded to score it on this run's holdout ({exc}); "
+            f"`calops promote {key}` moves it anyway",
+        )
 
 
 # ---------------------------------------------------------------- promote and rollback

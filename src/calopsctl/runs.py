@@ -27,7 +27,9 @@ from calapi.model.runrecord import read_run as read_record
 PROMOTIONS: Final = "promotions.jsonl"
 STAGING_PREFIX: Final = ".staging-"
 LEGACY_PREFIX: Final = "legacy-"
-LEGACY_FILES: Final = ("model.joblib", "metrics.json", "model_card.json")
+# The model first: the safe format, else the pickle older calops wrote alone.
+LEGACY_FILES: Final = ("model.skops", "model.joblib", "metrics.json", "model_card.json")
+LEGACY_MODELS: Final = LEGACY_FILES[:2]
 
 
 class RunFolders:
@@ -101,8 +103,9 @@ class RunFolders:
 
     def legacy_model(self) -> Path | None:
         """A model written straight into the outputs folder (the layout before run folders)."""
-        model = self.root / LEGACY_FILES[0]
-        return model if model.is_file() and self.served() is None else None
+        if self.served() is not None:
+            return None
+        return next((self.root / n for n in LEGACY_MODELS if (self.root / n).is_file()), None)
 
     # -- the pointer ----------------------------------------------------------------------------
 
@@ -113,7 +116,7 @@ class RunFolders:
         os.symlink(target, temporary)
         os.replace(temporary, self.pointer)
 
-    def adopt_legacy(self, model_name: str, sha256: str, created: str) -> Path:
+    def adopt_legacy(self, model_name: str, sha256: str, created: str, model_file: str) -> Path:
         """Move a model written straight into the outputs folder into a run folder, and serve it.
 
         The API serving the folder reloads the same bytes (same sha256, same version), and
@@ -130,6 +133,7 @@ class RunFolders:
             created=created,
             trainer="adopted from the outputs folder",
             sha256=sha256,
+            model_file=model_file,
         )
         folder = self.finish(staging, info)
         self.point(folder)

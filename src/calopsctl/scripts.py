@@ -91,6 +91,13 @@ class ScriptRun:
     estimator: str
     metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json, read once
     model: Any = field(default=None, repr=False)  # the fitted model, loaded once
+    safe_path: Path | None = None  # model.skops, made from the script's pickle when it can be
+    pickle_note: str | None = None  # why only the pickle serves, when there is no safe_path
+
+    @property
+    def served_path(self) -> Path:
+        """The file the API loads: model.skops, else the script's own pickle."""
+        return self.safe_path or self.model_path
 
 
 # -- the script's config ------------------------------------------------------------------------
@@ -370,6 +377,7 @@ def _script_run(config: ScriptConfig, moved: Mapping[str, Path], log_path: Path)
     metrics = read_metrics(moved["metrics"])
     estimator = _load(moved["model"])
     params = {**config.params, **_params_file(moved), **estimator_params(estimator)}
+    safe_path, pickle_note = make_safe(estimator, moved["model"])
     return ScriptRun(
         model_path=moved["model"],
         metrics_path=moved["metrics"],
@@ -381,6 +389,8 @@ def _script_run(config: ScriptConfig, moved: Mapping[str, Path], log_path: Path)
         estimator=type(final_estimator(estimator)).__name__,
         metrics=metrics,
         model=estimator,
+        safe_path=safe_path,
+        pickle_note=pickle_note,
     )
 
 
@@ -415,10 +425,61 @@ def _read_params(path: Path) -> dict[str, Any]:
 
 
 def _load(path: Path) -> Any:
-    """The fitted model, checked to predict valid rows (as the API will need it to)."""
+    """The fitted model, checked to predict valid rows (as the API will need it to).
+
+    The script has just written it in this run, and this is the user's own process, so its
+    pickle is loaded here; the API never unpickles it unless told to.
+    """
     from calapi.model.artifact import load_model
 
-    return load_model(path)
+    return load_model(path, allow_pickle=True)
+
+
+def make_safe(model: Any, pickled: Path) -> tuple[Path | None, str | None]:
+    """Write the script's model as model.skops beside its pickle, when that is faithful.
+
+    Returns the safe file and None, or None and the sentence saying why only the pickle
+    can serve: a type calops does not trust, or a model skops cannot save or rebuild
+    exactly.
+    """
+    from calapi.model.safeformat import ALLOW_PICKLE, SAFE_FILE, SAFE_SUFFIX
+
+    if pickled.suffix == SAFE_SUFFIX:  # the script wrote the safe format itself
+        return pickled, None
+    safe = pickled.with_name(SAFE_FILE)
+    try:
+        _write_safe(model, safe)
+    except CalopsError as exc:
+        safe.unlink(missing_ok=True)
+        reason = str(exc).split(";")[0].rstrip(".")
+        return None, (
+            f"{pickled.name} will be served only with {ALLOW_PICKLE}, because calops could not "
+            f"turn it into {SAFE_FILE} ({reason}) and loading a pickle can run any code "
+            "written into it."
+        )
+    return safe, None
+
+
+def _write_safe(model: Any, safe: Path) -> None:
+    """Save ``model`` as skops, read it back as the API would and check it predicts the same."""
+    import numpy as np
+
+    from calapi.errors import ModelError
+    from calapi.model.artifact import checked_predictor, read_model
+    from calapi.model.predictor import probe_rows
+    from calapi.model.safeformat import dump_safe, unsafe_types
+
+    data = dump_safe(model)
+    untrusted = unsafe_types(data, safe.name)
+    if untrusted:
+        raise ModelError(f"it holds types calops does not trust: {', '.join(untrusted)}")
+    safe.write_bytes(data)
+    restored, _sha256 = read_model(safe)
+    rows = probe_rows(None)
+    before = checked_predictor(model, str(safe))(rows)
+    after = checked_predictor(restored, str(safe))(rows)
+    if not np.array_equal(before, after):
+        raise ModelError("read back from skops, it predicts differently")
 
 
 def final_estimator(model: Any) -> Any:
@@ -475,23 +536,44 @@ def _plain(value: Any) -> Any:
 def write_script_card(run: ScriptRun, *, model_name: str, metrics: Mapping[str, Any]) -> Path:
     """Describe the script's model with what is known: its data source, never calops's default.
 
-    A card the script wrote itself is kept as it is.
+    A card the script wrote itself is kept as it is, except that where it names a model file
+    or a sha256, those are restated for the file that serves (it may be calops's model.skops).
     """
-    if run.card_path is not None:
-        return run.card_path
     from calapi.model.artifact import file_sha256
     from calapi.model.card import CardFacts, build_card, save_card
 
+    served = run.served_path
+    files = {path.name: file_sha256(path) for path in dict.fromkeys((served, run.model_path))}
+    if run.card_path is not None:
+        _restate_card(run.card_path, served.name, files)
+        return run.card_path
     facts = CardFacts(
         name=model_name,
-        model_file=run.model_path.name,
-        sha256=file_sha256(run.model_path),
+        model_file=served.name,
+        sha256=files[served.name],
+        model_files=files if len(files) > 1 else {},
         created=datetime.fromtimestamp(run.model_path.stat().st_mtime, UTC),
         metrics=metrics,
         data={"source": run.data_source, "synthetic": run.synthetic},
         holdout={"enabled": metrics.get("evaluated_on", HOLDOUT) == HOLDOUT},
         written_by="calops train --script (the script wrote no model card)",
     )
-    path = run.model_path.parent / CARD_FILE
+    path = served.parent / CARD_FILE
     save_card(path, build_card(facts))
     return path
+
+
+def _restate_card(path: Path, served: str, files: Mapping[str, str]) -> None:
+    """Point a script's own card at the served file, when it names a model file at all."""
+    from calapi.model.card import save_card
+
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the API reports an unreadable card; nothing here to restate
+    if not isinstance(card, dict) or not {"model_file", "sha256"} & card.keys():
+        return
+    card.update(model_file=served, sha256=files[served])
+    if len(files) > 1:
+        card["model_files"] = dict(files)
+    save_card(path, card)

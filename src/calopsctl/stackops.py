@@ -48,6 +48,7 @@ class UpOptions:
     config: Path | None = None
     model: str | None = None  # CALOPS_MODEL for the API; default: models:/NAME@ALIAS
     replicas: int | None = None  # API processes; None: 1, or whatever already runs
+    allow_pickle: bool = False  # the API also loads pickled models (they can run code)
 
 
 @dataclass
@@ -185,6 +186,7 @@ def _spec(options: UpOptions, settings: CliSettings) -> StackSpec:
         wait=options.wait,
         timeout=options.timeout,
         replicas=options.replicas or 1,
+        allow_pickle=options.allow_pickle,
     )
 
 

@@ -96,7 +96,7 @@ def event(version: str, how: str = "promote", reason: str = "by hand") -> Promot
 
 def loader(folder: Path) -> Any:
     """What the gate calls to load the challenger."""
-    return lambda: LocalSource(folder / "model.joblib").load()
+    return lambda: LocalSource(folder / "model.skops").load()
 
 
 # ---------------------------------------------------------------- an in-memory registry
@@ -148,7 +148,7 @@ class Registry:
     def load_version(self, model_name: str, version: str) -> LoadedModel:
         for info, folder in self.registered:
             if info.version == version and folder is not None:
-                return LocalSource(folder / "model.joblib").load()
+                return LocalSource(folder / "model.skops").load()
         raise TrackingError(f"MLflow has no files for version {version}.")
 
 
@@ -382,7 +382,7 @@ def test_folder_pointer_on_real_folders(tmp_path: Path, trained: Trained) -> Non
     ]  # fmt: skip
     assert RunFolders(tmp_path).served() == second.resolve()
     loaded = pointer.load(lifecycle.find(pointer, "1"))
-    assert loaded.sha256 == file_sha256(first / "model.joblib")
+    assert loaded.sha256 == file_sha256(first / "model.skops")
     assert [(p.version, p.how, p.reason) for p in pointer.history()] == [("2", "gate", "first")]
 
 
@@ -406,7 +406,7 @@ def legacy_layout(root: Path, trained: Trained) -> str:
     root.mkdir(parents=True, exist_ok=True)
     for name in LEGACY_FILES:
         shutil.copy2(trained.good / name, root / name)
-    return file_sha256(root / "model.joblib")
+    return file_sha256(root / "model.skops")
 
 
 def test_folder_pointer_serves_a_legacy_model_until_adopted(
@@ -442,7 +442,7 @@ def test_promoting_the_legacy_model_adopts_it(tmp_path: Path, trained: Trained) 
     pointer = FolderPointer(tmp_path, NAME)
     lifecycle.promote(pointer, LEGACY_KEY)
     assert RunFolders(tmp_path).served() == (tmp_path / "runs" / f"legacy-{sha[:12]}").resolve()
-    assert not (tmp_path / "model.joblib").exists()
+    assert not (tmp_path / "model.skops").exists()
     assert [p.version for p in pointer.history()] == [f"legacy-{sha[:12]}"]
 
 
@@ -557,7 +557,7 @@ def test_gate_keeps_a_champion_it_cannot_load(
     """A champion that cannot be scored is not replaced silently: the reason says why."""
     champion = champion_at(two_runs, "1")
     assert champion is not None
-    model = Path(champion.location) / "model.joblib"
+    model = Path(champion.location) / "model.skops"
     if damage == "corrupt":
         model.write_bytes(b"not a pickle")
     else:
@@ -566,6 +566,25 @@ def test_gate_keeps_a_champion_it_cannot_load(
     assert not verdict.move
     assert "version 1 could not be loaded to score it on this run's holdout" in verdict.reason
     assert "`calops promote 9` moves it anyway" in verdict.reason
+
+
+def test_gate_replaces_a_champion_of_older_calops_the_api_refuses(
+    two_runs: FolderPointer, trained: Trained
+) -> None:
+    """A champion run holding only a pickle (older calops) cannot serve: the new run replaces it."""
+    champion = champion_at(two_runs, "1")
+    assert champion is not None
+    folder = Path(champion.location)
+    (folder / "model.skops").unlink()
+    record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    record.update(model_file="model.joblib", sha256=file_sha256(folder / "model.joblib"))
+    (folder / "run.json").write_text(json.dumps(record), encoding="utf-8")
+    champion = two_runs.champion()
+    assert champion is not None
+    verdict = gate(two_runs, champion, trained.good, trained.evaluation)
+    assert verdict.move
+    assert "version 1 cannot serve" in verdict.reason
+    assert "is a pickle" in verdict.reason
 
 
 def test_gate_with_an_alias_champion_the_registry_cannot_load(trained: Trained) -> None:

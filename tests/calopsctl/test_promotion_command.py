@@ -23,7 +23,7 @@ def add_run(root: Path, run_id: str, version: str, model: Path, rmsle: float) ->
     """A complete run folder holding a copy of ``model``'s files."""
     folders = RunFolders(root)
     staging = folders.staging()
-    for name in ("model.joblib", "model_card.json", "metrics.json"):
+    for name in ("model.skops", "model_card.json", "metrics.json"):
         shutil.copy2(model / name, staging / name)
     info = RunInfo(
         run_id=run_id,
@@ -34,7 +34,7 @@ def add_run(root: Path, run_id: str, version: str, model: Path, rmsle: float) ->
         synthetic=True,
         evaluated_on="holdout",
         rmsle=rmsle,
-        sha256=file_sha256(staging / "model.joblib"),
+        sha256=file_sha256(staging / "model.skops"),
     )
     return folders.finish(staging, info)
 

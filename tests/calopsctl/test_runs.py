@@ -240,6 +240,8 @@ def test_legacy_model_is_found_only_without_a_pointer(tmp_path: Path) -> None:
     assert folders.legacy_model() is None
     (tmp_path / "model.joblib").write_bytes(b"model")
     assert folders.legacy_model() == tmp_path / "model.joblib"
+    (tmp_path / "model.skops").write_bytes(b"model")
+    assert folders.legacy_model() == tmp_path / "model.skops"  # the safe format first
     folders.point(finished(folders, "aaaaaaaa"))
     assert folders.legacy_model() is None
 
@@ -249,7 +251,7 @@ def test_adopt_legacy_moves_the_files_into_a_run_and_points_there(tmp_path: Path
     folders = RunFolders(tmp_path)
     for name in LEGACY_FILES:
         (tmp_path / name).write_text(name, encoding="utf-8")
-    folder = folders.adopt_legacy("calories", SHA, "2023-01-01T00:00:00+00:00")
+    folder = folders.adopt_legacy("calories", SHA, "2023-01-01T00:00:00+00:00", "model.skops")
     assert folder == tmp_path / "runs" / f"legacy-{SHA[:12]}"
     assert folders.served() == folder.resolve()
     assert not any((tmp_path / name).exists() for name in LEGACY_FILES)
@@ -257,6 +259,7 @@ def test_adopt_legacy_moves_the_files_into_a_run_and_points_there(tmp_path: Path
     adopted = read_run(folder)
     assert adopted is not None
     assert (adopted.run_id, adopted.version, adopted.sha256) == (None, None, SHA)
+    assert adopted.model_file == "model.skops"
     assert adopted.created == "2023-01-01T00:00:00+00:00"
 
 

@@ -9,10 +9,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from calapi.errors import ConfigError
+from calapi.model.artifact import file_sha256, load_model
+from calapi.model.predictor import PlainPredictor, probe_rows
 from calapi.model.synthetic import generate
 from calopsctl.scripts import (
     ScriptConfig,
@@ -219,6 +222,41 @@ def test_handout_outputs_are_moved_into_the_run_folder(handout: HandoutRun) -> N
     assert list((handout.workdir / "artifacts").iterdir()) == []
 
 
+def test_handout_model_is_made_safe_and_served_without_pickle(handout: HandoutRun) -> None:
+    """calops turns the hand-out's pickle into model.skops, which loads with no pickle allowed."""
+    run = handout.run
+    assert (run.safe_path, run.pickle_note) == (handout.into / "model.skops", None)
+    assert run.served_path == handout.into / "model.skops"
+    safe = load_model(handout.into / "model.skops")
+    rows = probe_rows(None)
+    np.testing.assert_array_equal(PlainPredictor(safe)(rows), PlainPredictor(run.model)(rows))
+
+
+def test_a_model_with_an_untrusted_type_keeps_only_its_pickle(tmp_path: Path) -> None:
+    """A function calops does not trust: no model.skops, and one sentence on --allow-pickle."""
+    script = write_script(
+        tmp_path,
+        """
+        import operator
+        from sklearn.compose import TransformedTargetRegressor
+        model = TransformedTargetRegressor(
+            regressor=DummyRegressor(), func=operator.pos, inverse_func=operator.pos,
+            check_inverse=False,
+        ).fit([[0.0], [1.0]], [10.0, 20.0])
+        joblib.dump(model, out / "model.joblib")
+        save_metrics({"rmsle": 0.5})
+        """,
+    )
+    run = run_in(tmp_path, script)
+    assert run.safe_path is None
+    assert run.served_path == tmp_path / "run" / "model.joblib"
+    assert not (tmp_path / "run" / "model.skops").exists()
+    assert run.pickle_note is not None
+    assert "--allow-pickle (CALOPS_ALLOW_PICKLE=true)" in run.pickle_note
+    assert "_operator.pos" in run.pickle_note
+    assert run.pickle_note.count(". ") == 0
+
+
 def test_card_for_the_handout_names_its_data(handout: HandoutRun) -> None:
     """The card calops writes says data.csv, never the synthetic default the script did not use."""
     metrics = json.loads(handout.run.metrics_path.read_text(encoding="utf-8"))
@@ -226,7 +264,9 @@ def test_card_for_the_handout_names_its_data(handout: HandoutRun) -> None:
     card = json.loads(path.read_text(encoding="utf-8"))
     assert path == handout.into / "model_card.json"
     assert card["data"] == {"source": "data.csv", "synthetic": False}
-    assert card["model_file"] == "model.joblib"
+    assert card["model_file"] == "model.skops"
+    assert card["sha256"] == file_sha256(handout.into / "model.skops")
+    assert card["model_files"]["model.joblib"] == file_sha256(handout.into / "model.joblib")
     assert card["metrics"]["rmsle"] == metrics["rmsle"]
     assert "written_by" in card
 

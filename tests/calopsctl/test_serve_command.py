@@ -42,6 +42,18 @@ def test_environment_then_options(
     assert settings.host == ApiSettings().host
 
 
+def test_allow_pickle_reaches_the_api_settings(
+    served: list[ApiSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--allow-pickle turns pickles on; without it CALOPS_ALLOW_PICKLE (default off) decides."""
+    monkeypatch.delenv("CALOPS_ALLOW_PICKLE", raising=False)
+    assert runner.invoke(app, ["serve"]).exit_code == 0
+    assert runner.invoke(app, ["serve", "--allow-pickle"]).exit_code == 0
+    monkeypatch.setenv("CALOPS_ALLOW_PICKLE", "true")
+    assert runner.invoke(app, ["serve", "--no-allow-pickle"]).exit_code == 0
+    assert [settings.allow_pickle for settings in served] == [False, True, False]
+
+
 def test_invalid_port_is_one_sentence(served: list[ApiSettings]) -> None:
     """A port ApiSettings refuses is one 'Error:' line and exit 1, with no traceback."""
     result = runner.invoke(app, ["serve", "--port", "70000"])

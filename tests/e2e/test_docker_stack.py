@@ -359,7 +359,7 @@ def test_train_logs_through_the_compose_mlflow(stack: Stack, tmp_path: Path) -> 
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "metrics.json", "model.joblib"} <= logged
+    assert {"config.yaml", "metrics.json", "model.skops", "model.joblib"} <= logged
     metrics = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))
     assert json.loads(Path(metrics).read_text())["rmsle"] == pytest.approx(
         run.data.metrics["rmsle"]

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Final
 
-from calapi.errors import ModelError
+from calapi.errors import ModelError, ModelRefusedError, PickleRefusedError
 from calapi.model.features import FloatArray
 from calapi.model.predictor import Predictor, build_predictor, probe_rows
+from calapi.model.safeformat import ALLOW_PICKLE, SAFE_FILE, SAFE_SUFFIX, load_safe
+
+log = logging.getLogger("calapi")
 
 # Pickles name classes by module. Models pickled before a module moved name its old place;
 # each old name here resolves to the module that holds those classes now.
@@ -41,17 +46,60 @@ def map_moved_modules() -> None:
         sys.modules.setdefault(old, importlib.import_module(new))
 
 
-def read_model(path: Path) -> Any:
-    """The object pickled in a joblib (or plain pickle) file; ModelError if it cannot be read."""
+def read_model(
+    path: Path, *, stated: Mapping[str, str] | None = None, allow_pickle: bool = False
+) -> tuple[Any, str]:
+    """The model in ``path`` and the sha256 of the very bytes it was built from.
+
+    The file is read once and hashed before anything is deserialized: each record in
+    ``stated`` (who states it -> sha256) must match, else ModelRefusedError. A ``.skops``
+    file is built from trusted types only; anything else is taken for a pickle, which runs
+    whatever code it holds, so it is refused unless ``allow_pickle`` (then logged loudly).
+    """
+    data = _read_bytes(path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    for who, expected in (stated or {}).items():
+        if sha256 != expected:
+            raise ModelRefusedError(
+                f"{path} is not the file {who} names (sha256 {sha256[:12]}, not "
+                f"{expected[:12]}), so it was not loaded; restore it or retrain with "
+                "`calops train`."
+            )
+    if path.suffix == SAFE_SUFFIX:
+        return load_safe(data, str(path)), sha256
+    if not allow_pickle:
+        raise PickleRefusedError(
+            f"{path} is a pickle, which runs any code its writer put in it when loaded, so it "
+            f"was not loaded; retrain with `calops train` (it writes {SAFE_FILE}), or pass "
+            f"{ALLOW_PICKLE} if you trust everyone who can write where it is stored."
+        )
+    log.warning(
+        "Loading the pickle %s because pickles are allowed (%s): loading a pickle can run "
+        "any code its writer put in it.",
+        path,
+        ALLOW_PICKLE,
+    )
+    return unpickle(data, str(path)), sha256
+
+
+def unpickle(data: bytes, source: str) -> Any:
+    """The object in joblib (or plain pickle) bytes: this runs any code they hold."""
     import joblib
 
     map_moved_modules()
     try:
-        return joblib.load(path)
+        return joblib.load(io.BytesIO(data))
     except Exception as exc:  # a pickle can raise anything; say so in one sentence
         raise ModelError(
-            f"{path} is not a loadable model ({type(exc).__name__}: {exc}); retrain it."
+            f"{source} is not a loadable model ({type(exc).__name__}: {exc}); retrain it."
         ) from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"Could not read the model {path} ({exc.strerror or exc}).") from None
 
 
 def checked_predictor(estimator: Any, source: str, probe: FloatArray | None = None) -> Predictor:
@@ -67,9 +115,9 @@ def checked_predictor(estimator: Any, source: str, probe: FloatArray | None = No
     return predictor
 
 
-def load_model(path: Path) -> Any:
+def load_model(path: Path, *, allow_pickle: bool = False) -> Any:
     """The estimator in a model file, checked to predict valid rows; ModelError if not."""
-    estimator = read_model(path)
+    estimator, _sha256 = read_model(path, allow_pickle=allow_pickle)
     checked_predictor(estimator, str(path))
     return estimator
 

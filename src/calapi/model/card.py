@@ -22,14 +22,15 @@ from calapi.model.features import FEATURES, TARGET, UNITS
 
 CARD_SCHEMA_VERSION: Final = 1
 CARD_FILE: Final = "model_card.json"
-# The layout, in order; "training_ranges" to "reference_binning" and "estimator" come only
-# from the trainer, "written_by" only when calops wrote the card for a script.
+# The layout, in order; "model_files" (every model file of the set -> its sha256) only when
+# there is more than the served one, "training_ranges" to "reference_binning" and "estimator"
+# only from the trainer, "written_by" only when calops wrote the card for a script.
 CARD_KEYS: Final = (
-    "schema_version", "name", "created", "model_file", "sha256", "features", "target",
-    "units", "training_ranges", "categories", "reference", "reference_binning", "metrics",
-    "data", "estimator", "versions", "holdout", "written_by",
+    "schema_version", "name", "created", "model_file", "sha256", "model_files", "features",
+    "target", "units", "training_ranges", "categories", "reference", "reference_binning",
+    "metrics", "data", "estimator", "versions", "holdout", "written_by",
 )  # fmt: skip
-CARD_PACKAGES: Final = ("scikit-learn", "numpy", "pandas", "joblib")
+CARD_PACKAGES: Final = ("scikit-learn", "numpy", "pandas", "joblib", "skops")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class CardFacts:
     holdout: Mapping[str, Any]
     training: Mapping[str, Any] = field(default_factory=dict)
     written_by: str | None = None
+    model_files: Mapping[str, str] = field(default_factory=dict)  # name -> sha256, all formats
 
 
 def build_card(facts: CardFacts) -> dict[str, Any]:
@@ -66,6 +68,8 @@ def build_card(facts: CardFacts) -> dict[str, Any]:
     }
     if facts.written_by is not None:
         card["written_by"] = facts.written_by
+    if facts.model_files:
+        card["model_files"] = dict(facts.model_files)
     return {key: card[key] for key in CARD_KEYS if key in card}
 
 
@@ -102,6 +106,28 @@ def read_card(path: Path, sha256: str | None) -> tuple[dict[str, Any] | None, st
     if sha256 and card.get("sha256") not in (None, sha256):
         return None, f"The model card {path} describes another model file (sha256); ignored."
     return card, None
+
+
+def stated_sha256(card: Mapping[str, Any] | None, name: str) -> str | None:
+    """The sha256 ``card`` states for the model file ``name``, if it states one.
+
+    ``model_files`` names every file of the set; ``sha256`` is that of ``model_file``, or of
+    whichever file the card sits beside when it names none (cards of older calops).
+    """
+    files = (card or {}).get("model_files")
+    if isinstance(files, Mapping) and isinstance(files.get(name), str):
+        return str(files[name])
+    sha256 = (card or {}).get("sha256")
+    named = (card or {}).get("model_file")
+    if isinstance(sha256, str) and sha256 and named in (None, name):
+        return sha256
+    return None
+
+
+def names_another_file(card: Mapping[str, Any] | None, name: str) -> bool:
+    """Whether ``card`` describes a model file other than ``name`` (and not ``name`` too)."""
+    named = (card or {}).get("model_file")
+    return isinstance(named, str) and named != name and stated_sha256(card, name) is None
 
 
 def training_ranges(card: Mapping[str, Any] | None) -> dict[str, tuple[float, float]] | None:

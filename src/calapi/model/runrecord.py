@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from calapi.model.safeformat import SAFE_FILE
+
 RUNS: Final = "runs"
 POINTER: Final = "current"
 RUN_FILE: Final = "run.json"
 RUN_SCHEMA: Final = 1
-MODEL_FILE: Final = "model.joblib"
+MODEL_FILE: Final = SAFE_FILE  # what a record without ``model_file`` serves
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from calapi.model.config import HoldoutConfig, TrainConfig, default_config_path,
 from calapi.model.data import LoadedData, load_training_data
 from calapi.model.features import FEATURES, FEMALE, MALE, NUMERIC_FEATURES, TARGET, FloatArray
 from calapi.model.pipeline import build_model, check_model_config
+from calapi.model.safeformat import SAFE_FILE, dump_safe
 
 Progress = Callable[[str], None]
 
@@ -58,6 +59,7 @@ class TrainResult:
     # The held-out rows (features and Calories), None without a holdout: what another model
     # must be scored on to be compared with this one.
     evaluation: pd.DataFrame | None = field(default=None, repr=False)
+    pickle_path: Path | None = None  # the same model as joblib, for the user's own code
 
 
 @dataclass(frozen=True)
@@ -191,13 +193,17 @@ def _metrics(split: _Split, predicted: FloatArray, fit_seconds: float) -> dict[s
 # ---------------------------------------------------------------------------- the card
 
 
-def _card_facts(config: TrainConfig, fitted: _Fitted, sha256: str) -> CardFacts:
-    """What the model card says about a fitted model, including what only the fit knows."""
+def _card_facts(config: TrainConfig, fitted: _Fitted, sha256: dict[str, str]) -> CardFacts:
+    """What the model card says about a fitted model, including what only the fit knows.
+
+    ``sha256`` holds each model file written, the served skops file first.
+    """
     metrics, loaded = fitted.metrics, fitted.loaded
     return CardFacts(
         name=config.model.name,
-        model_file=config.outputs.model,
-        sha256=sha256,
+        model_file=SAFE_FILE,
+        sha256=sha256[SAFE_FILE],
+        model_files=sha256 if len(sha256) > 1 else {},
         created=datetime.now(UTC),
         metrics=metrics,
         data={"source": loaded.source, "synthetic": loaded.synthetic, "rows": len(loaded.frame)},
@@ -265,19 +271,20 @@ def output_dir(config: TrainConfig) -> Path:
 
 def _write_artifacts(config: TrainConfig, fitted: _Fitted) -> TrainResult:
     folder = output_dir(config)
-    model_path = folder / config.outputs.model
+    model_path = folder / SAFE_FILE
+    pickle_path = None if config.outputs.model == SAFE_FILE else folder / config.outputs.model
     metrics_path = folder / config.outputs.metrics
     card_path = folder / config.outputs.card
+    models = (model_path,) if pickle_path is None else (model_path, pickle_path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # The card goes last: the API reloads when it changes and finds the set complete.
-        with staged_files(folder, (model_path, metrics_path, card_path)) as temps:
-            with temps[0].open("wb") as handle:
-                joblib.dump(fitted.model, handle)
-                sync(handle)
-            card = build_card(_card_facts(config, fitted, file_sha256(temps[0])))
-            write_json(temps[1], fitted.metrics)
-            write_json(temps[2], card)
+        with staged_files(folder, (*models, metrics_path, card_path)) as temps:
+            hashes = _write_models(fitted.model, temps[: len(models)])
+            sha256 = dict(zip((path.name for path in models), hashes, strict=True))
+            card = build_card(_card_facts(config, fitted, sha256))
+            write_json(temps[-2], fitted.metrics)
+            write_json(temps[-1], card)
     except OSError as exc:
         raise CalopsError(
             f"Could not write the model to {folder} ({exc.strerror or exc}); "
@@ -285,8 +292,21 @@ def _write_artifacts(config: TrainConfig, fitted: _Fitted) -> TrainResult:
         ) from None
     evaluation = fitted.split.evaluation if fitted.split.holdout else None
     return TrainResult(
-        folder, model_path, metrics_path, card_path, fitted.metrics, card, evaluation
+        folder, model_path, metrics_path, card_path, fitted.metrics, card, evaluation, pickle_path
     )
+
+
+def _write_models(model: Any, paths: Sequence[Path]) -> list[str]:
+    """The model as skops in ``paths[0]`` (what serves) and, if asked, joblib in ``paths[1]``."""
+    safe = dump_safe(model)
+    with paths[0].open("wb") as handle:
+        handle.write(safe)
+        sync(handle)
+    for path in paths[1:]:
+        with path.open("wb") as handle:
+            joblib.dump(model, handle)
+            sync(handle)
+    return [file_sha256(path) for path in paths]
 
 
 # ---------------------------------------------------------------------------- command line
@@ -310,13 +330,15 @@ def _parser() -> argparse.ArgumentParser:
 def summary(result: TrainResult) -> str:
     """A few plain lines describing a finished training run."""
     metrics, data = result.metrics, result.card["data"]
+    files = (result.model_path, result.pickle_path, result.metrics_path, result.card_path)
+    written = ", ".join(str(path) for path in files if path is not None)
     return "\n".join(
         (
             f"data: {data['source']} ({data['rows']} rows)",
             f"{metrics['evaluated_on']} RMSLE {metrics['rmsle']:.4f}  RMSE {metrics['rmse']:.2f}"
             f"  MAE {metrics['mae']:.2f}  R2 {metrics['r2']:.4f}",
             f"fit: {metrics['n_train']} rows in {metrics['fit_seconds']:.1f} s",
-            f"wrote: {result.model_path}, {result.metrics_path}, {result.card_path}",
+            f"wrote: {written}",
         )
     )
 

@@ -18,16 +18,24 @@ from typing import Any, Final, Protocol
 import numpy as np
 
 from calapi.errors import ModelError
-from calapi.model.artifact import checked_predictor, file_sha256, map_moved_modules, read_model
-from calapi.model.card import CARD_FILE, read_card, training_ranges
+from calapi.model.artifact import checked_predictor, read_model
+from calapi.model.card import (
+    CARD_FILE,
+    names_another_file,
+    read_card,
+    stated_sha256,
+    training_ranges,
+)
 from calapi.model.features import FEATURES, FloatArray
 from calapi.model.predictor import Predictor, probe_rows
-from calapi.model.runrecord import MODEL_FILE, POINTER, RUN_FILE, RunInfo, read_run
+from calapi.model.runrecord import POINTER, RUN_FILE, RunInfo, read_run
+from calapi.model.safeformat import PICKLE_FILE, SAFE_FILE, SAFE_SUFFIX, is_pickle
 
 log = logging.getLogger("calapi")
 POINTER_ALIAS: Final = POINTER  # the alias a model served through the folder pointer shows
 MLFLOW_SCHEME: Final = "models:/"
-MLFLOW_MODEL_FILES: Final = ("model.pkl", "model.joblib", "model.skops", "model.cloudpickle")
+# The safe format first: a version holding both is loaded from model.skops.
+MLFLOW_MODEL_FILES: Final = ("model.skops", "model.pkl", "model.joblib", "model.cloudpickle")
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,8 @@ def source_for(reference: str, *, allow_pickle: bool = False) -> ModelSource:
     ``allow_pickle``: also load pickled models, which run code when loaded.
     """
     if reference.startswith(MLFLOW_SCHEME):
-        return MlflowSource(reference)
-    return LocalSource(Path(reference))
+        return MlflowSource(reference, allow_pickle=allow_pickle)
+    return LocalSource(Path(reference), allow_pickle=allow_pickle)
 
 
 @dataclass(frozen=True)
@@ -96,17 +104,19 @@ class RunFolder:
 
 
 class LocalSource:
-    """A folder's ``current`` run (or its own ``model.joblib``), or a model file.
+    """A folder's ``current`` run (or its own ``model.skops``), or a model file.
 
     ``current`` is the local serving pointer ``calops promote`` and ``rollback`` switch; a
-    folder without one is the legacy layout, with ``model.joblib`` and its card inside.
+    folder without one is the legacy layout, with the model and its card inside. A pickle
+    (``model.joblib``) is loaded only when ``allow_pickle``.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, allow_pickle: bool = False) -> None:
         self.path = path
-        is_file = path.suffix in {".joblib", ".pkl"}
+        self.allow_pickle = allow_pickle
+        is_file = path.suffix == SAFE_SUFFIX or is_pickle(path)
         self.pointer = None if is_file else path / POINTER
-        self.model_path = path if is_file else path / MODEL_FILE
+        self.model_path = path if is_file else _model_in(path)
         self.description = str(path)
 
     def signature(self) -> Hashable:
@@ -115,18 +125,25 @@ class LocalSource:
     def run_folder(self) -> RunFolder:
         """The files to load now: those of the run ``current`` resolves to, else the legacy ones."""
         if self.pointer is None or not os.path.lexists(self.pointer):
-            return RunFolder(self.model_path, self.model_path.with_name(CARD_FILE))
+            model_path = _model_in(self.path) if self.pointer is not None else self.model_path
+            return RunFolder(model_path, model_path.with_name(CARD_FILE))
         target = Path(os.path.realpath(self.pointer))
         run, note = read_run(target / RUN_FILE)
-        model_path = target / (run.model_file if run else MODEL_FILE)
+        model_path = target / run.model_file if run else _model_in(target)
         return RunFolder(model_path, target / CARD_FILE, target, run, note)
 
     def load(self) -> LoadedModel:
         folder = self.run_folder()
         self._check_present(folder)
-        sha256 = file_sha256(folder.model_path)
-        estimator = read_model(folder.model_path)
-        card, note = read_card(folder.card_path, sha256)
+        card, note = read_card(folder.card_path, None)
+        run = folder.run if folder.target is not None else _sibling_run(folder.model_path)
+        estimator, sha256 = read_model(
+            folder.model_path,
+            stated=_stated(folder.model_path.name, card, folder.card_path, run),
+            allow_pickle=self.allow_pickle,
+        )
+        if names_another_file(card, folder.model_path.name):
+            card, note = None, f"The model card {folder.card_path} describes another model file."
         source = str(folder.model_path)
         if folder.target is None:
             return assemble(estimator, source, sha256[:12], sha256, card, note)
@@ -155,9 +172,35 @@ class LocalSource:
                 f"No model at {self.model_path}; run `calops train` or set CALOPS_MODEL."
             )
         raise ModelError(
-            f"No model at {self.path} (no {self.pointer} and no {MODEL_FILE}); run "
+            f"No model at {self.path} (no {self.pointer} and no {SAFE_FILE}); run "
             "`calops train` or set CALOPS_MODEL."
         )
+
+
+def _model_in(folder: Path) -> Path:
+    """A folder's model file: ``model.skops``, else a ``model.joblib`` of older calops."""
+    safe = folder / SAFE_FILE
+    pickled = folder / PICKLE_FILE
+    return pickled if not safe.is_file() and pickled.is_file() else safe
+
+
+def _sibling_run(model_path: Path) -> RunInfo | None:
+    """The run record beside a model file named directly (a run folder's file)."""
+    if not (model_path.parent / RUN_FILE).is_file():
+        return None
+    return read_run(model_path.parent / RUN_FILE)[0]
+
+
+def _stated(
+    name: str, card: dict[str, Any] | None, card_path: Path, run: RunInfo | None
+) -> dict[str, str]:
+    """Who states a sha256 for the model file ``name``: its card, its run record, or neither."""
+    stated = {}
+    if (sha256 := stated_sha256(card, name)) is not None:
+        stated[f"the model card {card_path}"] = sha256
+    if run is not None and run.model_file == name and run.sha256:
+        stated[f"its {RUN_FILE}"] = run.sha256
+    return stated
 
 
 def run_identity(run: RunInfo | None, sha256: str) -> tuple[str, str | None, str | None]:
@@ -173,11 +216,17 @@ def run_identity(run: RunInfo | None, sha256: str) -> tuple[str, str | None, str
 
 
 class MlflowSource:
-    """A registered model: ``models:/name@alias`` or ``models:/name/version``."""
+    """A registered model: ``models:/name@alias`` or ``models:/name/version``.
 
-    def __init__(self, uri: str) -> None:
+    Its ``model.skops`` is loaded with calops's own trusted types, never the list MLflow's
+    MLmodel file carries (whoever registers a version writes that too); a version with only
+    a pickle is loaded only when ``allow_pickle``.
+    """
+
+    def __init__(self, uri: str, *, allow_pickle: bool = False) -> None:
         self.uri = uri
         self.description = uri
+        self.allow_pickle = allow_pickle
         self.name, self.alias, self.version = _parse_models_uri(uri)
 
     def signature(self) -> Hashable:
@@ -185,28 +234,30 @@ class MlflowSource:
         return version
 
     def load(self) -> LoadedModel:
-        import mlflow
-
         found = self._model_version()
         with tempfile.TemporaryDirectory(prefix="calops-model-") as folder:
-            try:
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"models:/{self.name}/{found.version}", dst_path=folder
-                    )
-                )
-                map_moved_modules()
-                estimator = mlflow.sklearn.load_model(str(local))
-            except Exception as exc:
-                raise ModelError(f"Could not load {self.uri} from MLflow: {exc}") from None
-            files = [local / name for name in MLFLOW_MODEL_FILES if (local / name).is_file()]
-            sha256 = file_sha256(files[0]) if files else ""
+            local = self._download(found.version, folder)
+            estimator, sha256 = read_model(
+                _mlflow_model_file(local, self.uri), allow_pickle=self.allow_pickle
+            )
             card, note = self._card(found.run_id, folder)
         version = f"{self.name}/{found.version}"
         return assemble(
             estimator, self.uri, version, sha256, card, note, alias=self.alias,
             run_id=found.run_id,
         )  # fmt: skip
+
+    def _download(self, version: str, folder: str) -> Path:
+        import mlflow
+
+        try:
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{self.name}/{version}", dst_path=folder
+                )
+            )
+        except Exception as exc:
+            raise ModelError(f"Could not download {self.uri} from MLflow: {exc}") from None
 
     def _model_version(self) -> Any:
         from mlflow import MlflowClient
@@ -232,10 +283,18 @@ class MlflowSource:
                 )
             except Exception:  # noqa: S112 - absent at this path: try the next one
                 continue
-            # The card's sha256 is that of the run's model.joblib, not of MLflow's own
+            # The card's sha256 is that of the run folder's model.skops, not of MLflow's own
             # serialisation, so it cannot be compared here; the run ties them together.
             return read_card(Path(local), None)
         return None, f"The MLflow run {run_id} has no {CARD_FILE}."
+
+
+def _mlflow_model_file(local: Path, uri: str) -> Path:
+    """The version's ``model.skops``, else its pickle (refused unless pickles are allowed)."""
+    for name in MLFLOW_MODEL_FILES:
+        if (local / name).is_file():
+            return local / name
+    raise ModelError(f"The MLflow model {uri} holds none of {', '.join(MLFLOW_MODEL_FILES)}.")
 
 
 def assemble(  # noqa: PLR0917 - each argument is one fact /info reports

@@ -9,6 +9,12 @@ import typer
 if TYPE_CHECKING:
     from calapi.serving.settings import ApiSettings
 
+ALLOW_PICKLE_HELP = (
+    "Also serve pickled models (model.joblib, or an MLflow version logged as a pickle): "
+    "loading a pickle runs any code its writer put in it, so only when you trust everyone "
+    "who can write the artifacts folder or the registry. Logged as a warning at each load."
+)
+
 
 def _default(variable: str) -> str:
     """What help shows as the default: ApiSettings (which reads CALOPS_*) owns the values."""
@@ -60,6 +66,14 @@ def serve(
             min=0.0,
         ),
     ] = None,
+    allow_pickle: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-pickle/--no-allow-pickle",
+            help=ALLOW_PICKLE_HELP,
+            show_default=_default("CALOPS_ALLOW_PICKLE"),
+        ),
+    ] = None,
 ) -> None:
     """Run the inference API in the foreground (like `fastapi run`); Ctrl+C stops it.
 
@@ -79,7 +93,7 @@ def serve(
     run_server(
         _api_settings(
             host=host, port=port, model=model, workers=workers, prediction_log=prediction_log,
-            reload_interval_seconds=reload_interval,
+            reload_interval_seconds=reload_interval, allow_pickle=allow_pickle,
         )
     )  # fmt: skip
 

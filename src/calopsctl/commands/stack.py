@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from calopsctl.application import settings
+from calopsctl.commands.serving import ALLOW_PICKLE_HELP
 from calopsctl.console import err, print_json
 from calopsctl.project import describe
 from calopsctl.services import API, GRAFANA, MLFLOW, NAMES, PROMETHEUS, RuntimeChoice, Service
@@ -79,6 +80,7 @@ def up(
         int | None,
         typer.Option(help=REPLICAS_HELP, envvar="CALOPS_REPLICAS", min=1, max=MAX_REPLICAS),
     ] = None,
+    allow_pickle: Annotated[bool, typer.Option(help=ALLOW_PICKLE_HELP)] = False,
     json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Bring up the API, Prometheus, Grafana and MLflow, and print where each one is.
@@ -113,6 +115,7 @@ def up(
         config=config,
         model=model,
         replicas=replicas,
+        allow_pickle=allow_pickle,
     )
     result = stackops.up(options, cli, _say)
     rows = stackops.summary_rows(result, cli)

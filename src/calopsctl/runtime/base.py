@@ -23,6 +23,7 @@ class StackSpec:
     wait: bool = True
     timeout: float = 180.0
     replicas: int = 1  # API processes behind the one API address
+    allow_pickle: bool = False  # CALOPS_ALLOW_PICKLE for the API: also load pickled models
 
     def url(self, service: str) -> str:
         return loopback_url(self.ports[service])

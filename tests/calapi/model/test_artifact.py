@@ -60,11 +60,11 @@ def test_a_failed_stage_moves_nothing_and_leaves_no_temp(tmp_path: Path) -> None
 
 
 def test_an_unreadable_file_is_a_model_error(tmp_path: Path) -> None:
-    """Bytes that are not a pickle give one sentence naming the file."""
+    """Bytes that are not a pickle give one sentence naming the file (pickles allowed)."""
     path = tmp_path / "model.joblib"
     path.write_bytes(b"this is not a pickle")
     with pytest.raises(ModelError, match=r"model\.joblib is not a loadable model"):
-        read_model(path)
+        read_model(path, allow_pickle=True)
 
 
 def test_an_object_without_predict_is_refused(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_an_object_without_predict_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.joblib"
     joblib.dump({"not": "a model"}, path)
     with pytest.raises(ModelError, match="holds a dict, which cannot predict"):
-        load_model(path)
+        load_model(path, allow_pickle=True)
 
 
 def test_a_model_that_fails_on_valid_rows_is_refused(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_a_model_that_fails_on_valid_rows_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.joblib"
     joblib.dump(LinearRegression().fit(np.zeros((3, 2)), np.zeros(3)), path)
     with pytest.raises(ModelError, match="fails to predict a valid row"):
-        load_model(path)
+        load_model(path, allow_pickle=True)
 
 
 def test_the_checked_predictor_is_the_fast_one_for_the_trainers_model(estimator: Any) -> None:
@@ -100,7 +100,7 @@ def test_a_model_pickled_before_the_move_still_loads(
     monkeypatch.delitem(sys.modules, "calapi.pipeline", raising=False)
     with pytest.raises(ModuleNotFoundError, match=r"calapi\.pipeline"):
         pickle.loads(old)  # our own bytes: proves the old name is really in them
-    loaded = load_model(path)
+    loaded = load_model(path, allow_pickle=True)
     rows = probe_rows(None, 8)
     np.testing.assert_array_equal(PlainPredictor(loaded)(rows), PlainPredictor(estimator)(rows))
     assert checked_predictor(loaded, str(path)).kind == "fast"

@@ -9,15 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from calapi.errors import CalopsError, ConfigError
 from calapi.model import train
-from calapi.model.artifact import file_sha256, write_json
+from calapi.model.artifact import file_sha256, load_model, write_json
 from calapi.model.card import CARD_KEYS
 from calapi.model.features import FEATURES, NUMERIC_FEATURES, TARGET
+from calapi.model.predictor import PlainPredictor, probe_rows
 from calapi.model.synthetic import generate
 from conftest import small_config
 
@@ -28,6 +30,7 @@ TRAINER_CARD_KEYS = {
     "created",
     "model_file",
     "sha256",
+    "model_files",
     "features",
     "target",
     "units",
@@ -56,8 +59,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def test_run_writes_model_metrics_and_card(result: train.TrainResult) -> None:
-    """model.joblib, metrics.json and model_card.json exist with the contract's keys."""
+    """The model (skops and joblib), metrics.json and the card exist with the contract's keys."""
     assert {p.name for p in result.output_dir.iterdir()} == {
+        "model.skops",
         "model.joblib",
         "metrics.json",
         "model_card.json",
@@ -79,10 +83,26 @@ def test_holdout_metrics_describe_the_split(result: train.TrainResult) -> None:
 
 
 def test_card_sha256_matches_the_model_file(result: train.TrainResult) -> None:
-    """The card's sha256 is the hash of the model file written beside it."""
+    """The card names the served model.skops and its sha256, and the joblib's sha256 too."""
     card = read_json(result.card_path)
+    assert result.pickle_path is not None
+    assert (card["model_file"], result.model_path.name) == ("model.skops", "model.skops")
     assert card["sha256"] == file_sha256(result.model_path)
-    assert card["model_file"] == result.model_path.name
+    assert card["model_files"] == {
+        "model.skops": file_sha256(result.model_path),
+        "model.joblib": file_sha256(result.pickle_path),
+    }
+
+
+def test_the_served_file_loads_without_pickle_and_predicts_as_the_joblib(
+    result: train.TrainResult,
+) -> None:
+    """model.skops loads with calops's trusted types alone and predicts what model.joblib does."""
+    assert result.pickle_path is not None
+    safe = load_model(result.model_path)
+    pickled = joblib.load(result.pickle_path)
+    rows = probe_rows(None)
+    np.testing.assert_array_equal(PlainPredictor(safe)(rows), PlainPredictor(pickled)(rows))
 
 
 def test_card_describes_data_ranges_and_reference(result: train.TrainResult) -> None:
@@ -105,7 +125,7 @@ def test_card_describes_data_ranges_and_reference(result: train.TrainResult) -> 
 
 def test_saved_model_predicts_kcal_from_a_dataframe(result: train.TrainResult) -> None:
     """The saved model answers a DataFrame of FEATURES with Sex strings in kcal."""
-    model = joblib.load(result.model_path)
+    model = load_model(result.model_path)
     rows = pd.DataFrame(
         [
             {
@@ -136,7 +156,7 @@ def test_relative_output_dir_resolves_against_working_directory(
     """outputs.dir "out" lands in the current working directory."""
     monkeypatch.chdir(tmp_path)
     outcome = train.run(small_config(Path("out"), rows=300, max_iter=5))
-    assert outcome.model_path == tmp_path / "out" / "model.joblib"
+    assert outcome.model_path == tmp_path / "out" / "model.skops"
     assert outcome.model_path.is_file()
 
 

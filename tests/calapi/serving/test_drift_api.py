@@ -80,20 +80,27 @@ async def test_psi_is_null_until_the_window_has_enough_rows(trained_model_dir: P
 
 
 @pytest.mark.anyio
-async def test_reloading_the_model_starts_a_fresh_window(trained_model_dir: Path) -> None:
-    """A model swap (POST /reload) resets the drift window to the new model's reference."""
+async def test_reloading_the_model_starts_a_fresh_window(
+    trained_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model swap (POST /reload?force=true) resets the drift window to the new model's
+    reference."""
+    monkeypatch.setattr("calapi.serving.holder.RELOAD_MIN_SECONDS", 0.0)
     async with api_client(trained_model_dir) as client:
         await client.post("/predict", json=instances(seed=13))
         registry = client.registry  # type: ignore[attr-defined]
         assert sample(registry, "app_drift_window_rows") == ROWS
-        assert (await client.post("/reload")).status_code == 200
+        reload = await client.post(
+            "/reload", params={"force": "true"}, headers={"Content-Type": "application/json"}
+        )
+        assert (reload.status_code, reload.json()["result"]) == (200, "loaded")
         assert sample(registry, "app_drift_window_rows") == 0
 
 
 @pytest.mark.anyio
 async def test_a_model_without_a_card_has_no_drift(trained_model_dir: Path, tmp_path: Path) -> None:
     """Without a model card there is nothing to compare with: no drift series, /info null."""
-    shutil.copy(trained_model_dir / "model.joblib", tmp_path / "model.joblib")
+    shutil.copy(trained_model_dir / "model.skops", tmp_path / "model.skops")
     async with api_client(tmp_path) as client:
         assert (await client.post("/predict", json=instances(seed=14))).status_code == 200
         text = (await client.get("/metrics")).text

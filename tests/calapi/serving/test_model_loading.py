@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from api_support import api_client, row, sample, train_tiny
+from calapi.model.artifact import load_model
+from calapi.model.safeformat import TRUSTED_TYPES
 
 pytestmark = pytest.mark.anyio
 
@@ -31,19 +33,19 @@ async def test_missing_model_answers_503_with_the_reason(tmp_path: Path) -> None
 
 async def test_corrupt_model_answers_503_with_the_reason(tmp_path: Path) -> None:
     """A model file that is not a model: 503 naming the file, the process stays up."""
-    (tmp_path / "model.joblib").write_bytes(b"this is not a pickle")
+    (tmp_path / "model.skops").write_bytes(b"this is not a skops file")
     async with api_client(tmp_path) as client:
         health = await client.get("/healthz")
         predict = await client.post("/predict", json=row())
     assert health.status_code == predict.status_code == 503
-    assert "is not a loadable model" in health.json()["reason"]
+    assert "is not a loadable skops model" in health.json()["reason"]
 
 
 async def test_model_without_card_is_served_and_info_says_so(
     trained_model_dir: Path, tmp_path: Path
 ) -> None:
     """Without model_card.json the model still serves; /info names the missing card."""
-    shutil.copy(trained_model_dir / "model.joblib", tmp_path / "model.joblib")
+    shutil.copy(trained_model_dir / "model.skops", tmp_path / "model.skops")
     async with api_client(tmp_path) as client:
         predict = await client.post("/predict", json=row())
         model = (await client.get("/info")).json()["model"]
@@ -55,7 +57,7 @@ async def test_model_without_card_is_served_and_info_says_so(
 async def test_model_pickled_under_the_old_module_name_is_served_fast(
     trained_model_dir: Path, tmp_path: Path
 ) -> None:
-    """A model.joblib naming calapi.pipeline (before the move) serves on the fast path."""
+    """With pickles allowed, a model.joblib naming calapi.pipeline (before the move) serves fast."""
     import joblib
 
     estimator = joblib.load(trained_model_dir / "model.joblib")
@@ -64,7 +66,7 @@ async def test_model_pickled_under_the_old_module_name_is_served_fast(
         modern.replace(b"ccalapi.model.pipeline\n", b"ccalapi.pipeline\n")
     )
     assert b"ccalapi.pipeline\n" in (tmp_path / "model.joblib").read_bytes()
-    async with api_client(tmp_path) as client:
+    async with api_client(tmp_path, allow_pickle=True) as client:
         predict = await client.post("/predict", json=row())
         model = (await client.get("/info")).json()["model"]
     assert predict.status_code == 200
@@ -75,7 +77,7 @@ async def test_model_appearing_later_is_picked_up(trained_model_dir: Path, tmp_p
     """Start with no model, then train one into the folder: the watcher loads it."""
     async with api_client(tmp_path, reload_interval_seconds=0.05) as client:
         assert (await client.get("/readyz")).status_code == 503
-        for name in ("model.joblib", "metrics.json", "model_card.json"):
+        for name in ("model.skops", "metrics.json", "model_card.json"):
             shutil.copy(trained_model_dir / name, tmp_path / name)
         for _ in range(200):
             if (await client.get("/readyz")).status_code == 200:
@@ -89,7 +91,7 @@ async def test_hot_swap_under_load_fails_no_request(
 ) -> None:
     """Replacing the model files during traffic: all 200, each batch from exactly one model."""
     serving = tmp_path_factory.mktemp("serving")
-    for name in ("model.joblib", "metrics.json", "model_card.json"):
+    for name in ("model.skops", "metrics.json", "model_card.json"):
         shutil.copy(trained_model_dir / name, serving / name)
     newer = train_tiny(tmp_path_factory.mktemp("newer"), max_iter=12, seed=11)
     batch = [row(id=None, Duration=d) for d in range(1, 31)]
@@ -106,7 +108,7 @@ async def test_hot_swap_under_load_fails_no_request(
 
         workers = [asyncio.create_task(traffic()) for _ in range(8)]
         await asyncio.sleep(0.3)
-        for name in ("model.joblib", "metrics.json", "model_card.json"):  # the card goes last
+        for name in ("model.skops", "metrics.json", "model_card.json"):  # the card goes last
             shutil.copy(newer / name, serving / f".{name}.tmp")
             (serving / f".{name}.tmp").replace(serving / name)
         new = ""
@@ -122,28 +124,32 @@ async def test_hot_swap_under_load_fails_no_request(
     assert new != old
     assert {status for status, _ in seen} == {200}
     assert {version for _, version in seen} == {old, new}
-    assert sample(registry, "app_model_reloads_total", outcome="loaded") >= 1
+    assert sample(registry, "app_model_reloads_total", result="loaded") >= 1
     assert sample(registry, "app_model_info", version=new, alias="", sha256=new,
-                  source=str(serving / "model.joblib")) == 1  # fmt: skip
+                  source=str(serving / "model.skops")) == 1  # fmt: skip
 
 
 async def test_explicit_reload_and_a_bad_replacement_keep_the_old_model(
     trained_model_dir: Path, tmp_path: Path
 ) -> None:
-    """POST /reload with a corrupt file on disk keeps serving the model already loaded."""
-    for name in ("model.joblib", "model_card.json"):
+    """POST /reload with a corrupt file on disk: 409, and the model already loaded serves."""
+    for name in ("model.skops", "model_card.json"):
         shutil.copy(trained_model_dir / name, tmp_path / name)
     async with api_client(tmp_path) as client:
         before = (await client.get("/info")).json()["model"]["version"]
-        (tmp_path / "model.joblib").write_bytes(b"garbage")
-        reload = await client.post("/reload")
+        (tmp_path / "model.skops").write_bytes(b"garbage")
+        reload = await client.post("/reload", headers={"Content-Type": "application/json"})
         after = (await client.get("/info")).json()["model"]["version"]
         predict = await client.post("/predict", json=row())
         registry = client.registry  # type: ignore[attr-defined]
-    assert reload.status_code == 200
+    assert reload.status_code == 409
     assert before == after
     assert predict.status_code == 200
-    assert sample(registry, "app_model_reloads_total", outcome="failed") == 1
+    assert (
+        sample(registry, "app_model_reloads_total", result="failed")
+        + sample(registry, "app_model_reloads_total", result="refused")
+        == 1
+    )
 
 
 @pytest.mark.integration
@@ -151,17 +157,16 @@ async def test_mlflow_alias_uri_serves_the_registered_model(
     trained_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """models:/calories@champion in a real MLflow store loads, predicts and reports name/version."""
-    import joblib
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    estimator = joblib.load(trained_model_dir / "model.joblib")
+    estimator = load_model(trained_model_dir / "model.skops")
     mlflow.set_experiment("calapi-test")
     with mlflow.start_run() as run:
         mlflow.sklearn.log_model(
             estimator, name="model", registered_model_name="calories",
-            serialization_format="cloudpickle",
+            serialization_format="skops", skops_trusted_types=list(TRUSTED_TYPES),
         )  # fmt: skip
         mlflow.log_artifact(str(trained_model_dir / "model_card.json"))
     client = mlflow.MlflowClient()

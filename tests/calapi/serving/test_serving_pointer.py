@@ -20,7 +20,7 @@ from calapi.model.artifact import file_sha256
 from calapi.model.runrecord import RunInfo, read_run
 from calapi.serving.sources import LocalSource, run_identity
 
-RUN_FILES = ("model.joblib", "metrics.json", "model_card.json")
+RUN_FILES = ("model.skops", "metrics.json", "model_card.json")
 
 
 def make_run(root: Path, trained: Path, run_id: str, version: str, **record: Any) -> Path:
@@ -31,7 +31,7 @@ def make_run(root: Path, trained: Path, run_id: str, version: str, **record: Any
         shutil.copy(trained / name, folder / name)
     run = {
         "schema": 1, "run_id": run_id, "model_name": "calories", "version": version,
-        "sha256": file_sha256(folder / "model.joblib"), "model_file": "model.joblib",
+        "sha256": file_sha256(folder / "model.skops"), "model_file": "model.skops",
         **record,
     }  # fmt: skip
     (folder / "run.json").write_text(json.dumps(run), encoding="utf-8")
@@ -59,7 +59,7 @@ def test_pointer_run_is_served_with_its_registry_version(artifacts: Path) -> Non
     """current -> runs/b: the model, card and run.json of run b; version calories/2."""
     model = LocalSource(artifacts).load()
     assert (model.version, model.alias, model.run_id) == ("calories/2", "current", "b")
-    assert model.source == str((artifacts / "runs" / "b" / "model.joblib").resolve())
+    assert model.source == str((artifacts / "runs" / "b" / "model.skops").resolve())
     assert model.card is not None
     assert model.card_note is None
     assert os.readlink(artifacts / "current") == str(Path("runs") / "b")
@@ -93,9 +93,9 @@ def test_a_rewritten_model_in_the_same_run_changes_the_signature(
     """The files' stats count too, not only where the pointer leads."""
     source = LocalSource(artifacts)
     before = source.signature()
-    model = artifacts / "runs" / "b" / "model.joblib"
+    model = artifacts / "runs" / "b" / "model.skops"
     model.unlink()
-    shutil.copy(trained_model_dir / "model.joblib", model)
+    shutil.copy(trained_model_dir / "model.skops", model)
     assert source.signature() != before
 
 
@@ -123,11 +123,11 @@ def test_a_pointer_that_is_a_plain_folder_is_served(artifacts: Path) -> None:
 def test_run_json_names_the_model_file(artifacts: Path) -> None:
     """run.json's model_file picks the file served in the run folder."""
     folder = artifacts / "runs" / "b"
-    (folder / "model.joblib").rename(folder / "calories.joblib")
+    (folder / "model.skops").rename(folder / "calories.skops")
     run = json.loads((folder / "run.json").read_text())
-    (folder / "run.json").write_text(json.dumps({**run, "model_file": "calories.joblib"}))
+    (folder / "run.json").write_text(json.dumps({**run, "model_file": "calories.skops"}))
     model = LocalSource(artifacts).load()
-    assert model.source.endswith("calories.joblib")
+    assert model.source.endswith("calories.skops")
     assert model.version == "calories/2"
 
 
@@ -168,12 +168,12 @@ def test_read_run_explains_what_it_ignores(tmp_path: Path) -> None:
 
 
 def test_the_legacy_folder_and_a_model_file_are_unchanged(trained_model_dir: Path) -> None:
-    """No ``current``: model.joblib in the folder, versioned by its sha256, no alias."""
-    for path in (trained_model_dir, trained_model_dir / "model.joblib"):
+    """No ``current``: model.skops in the folder, versioned by its sha256, no alias."""
+    for path in (trained_model_dir, trained_model_dir / "model.skops"):
         model = LocalSource(path).load()
         assert model.version == model.sha256[:12]
         assert (model.alias, model.run_id) == (None, None)
-        assert model.source == str(trained_model_dir / "model.joblib")
+        assert model.source == str(trained_model_dir / "model.skops")
         assert model.card is not None
 
 
@@ -182,7 +182,7 @@ def test_an_empty_folder_mentions_the_pointer(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as error:
         LocalSource(tmp_path).load()
     message = str(error.value)
-    assert f"no {tmp_path / 'current'} and no model.joblib" in message
+    assert f"no {tmp_path / 'current'} and no model.skops" in message
     assert "calops train" in message
 
 
@@ -221,10 +221,10 @@ async def test_a_pointer_switch_is_picked_up_while_serving(artifacts: Path) -> N
     assert (model["version"], model["run_id"]) == ("calories/1", "a")
     assert predict.json()["model_version"] == "calories/1"
     sha = model["sha256"][:12]
-    served = str((artifacts / "runs" / "a" / "model.joblib").resolve())
-    old = str((artifacts / "runs" / "b" / "model.joblib").resolve())
+    served = str((artifacts / "runs" / "a" / "model.skops").resolve())
+    old = str((artifacts / "runs" / "b" / "model.skops").resolve())
     assert sample(registry, "app_model_info", version="calories/1", alias="current",
                   sha256=sha, source=served) == 1  # fmt: skip
     assert sample(registry, "app_model_info", version="calories/2", alias="current",
                   sha256=sha, source=old) == 0  # fmt: skip
-    assert sample(registry, "app_model_reloads_total", outcome="loaded") >= 1
+    assert sample(registry, "app_model_reloads_total", result="loaded") >= 1
