@@ -20,6 +20,10 @@ SEED_ROW: Final[dict[str, Any]] = {
 }  # fmt: skip
 
 
+# What every POST to the API must declare (the guard answers 415 otherwise).
+JSON_HEADERS: Final = {"content-type": "application/json"}
+
+
 def row(**changes: Any) -> dict[str, Any]:
     """The seed's curl row with ``changes`` applied (a value of None removes the key)."""
     data = {**SEED_ROW, **changes}
@@ -51,7 +55,7 @@ async def api_client(
     app = create_app(ApiSettings(model=str(model), **options), registry)
     async with app.app.router.lifespan_context(app.app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://calapi") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             client.app = app  # type: ignore[attr-defined]
             client.registry = registry  # type: ignore[attr-defined]
             yield client
@@ -60,7 +64,9 @@ async def api_client(
 def routed_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
     """A client of the same app without the fast path: FastAPI routes every request."""
     app = client.app  # type: ignore[attr-defined]
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.app), base_url="http://calapi")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app.app), base_url="http://localhost"
+    )
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -18,6 +18,14 @@ from calapi.serving.responses import json_bytes, problem_bytes
 from calapi.serving.service import Predictions, Served
 
 PREDICT_PATH: Final = "/predict"
+# The body limit of every POST but /predict's (settings.max_body_bytes): a /feedback body
+# is under 200 bytes, /reload takes none.
+SMALL_BODY_BYTES: Final = 64 * 1024
+SMALL_BODY_ADVICE: Final = "this endpoint takes one small JSON object"
+BATCH_ADVICE: Final = "send smaller batches"
+# What a request whose client left before the answer is counted as (nginx's code): it is no
+# server error, so it must not feed the 5xx error-rate alert.
+CLIENT_CLOSED_REQUEST: Final = 499
 Answer = tuple[int, bytes]
 
 
@@ -43,9 +51,9 @@ class PredictHandler:
             body = await read_limited(scope, receive, limit)
             rows = parse_predict_body(body, self._max_batch_rows)
         except BodyTooLargeError:
-            return 413, problem_bytes(f"The body exceeds {limit} bytes; send smaller batches.")
+            return 413, problem_bytes(too_large(limit, BATCH_ADVICE))
         except BadRequestError as exc:
-            return exc.status, problem_bytes(exc.errors)
+            return exc.status, problem_bytes(exc.detail)
         if self._holder.current is None:
             return self._no_model()
         try:
@@ -67,6 +75,11 @@ def _shape(served: Served, *, single: bool) -> dict[str, Any]:
         for row_id, kcal in zip(served.ids, served.calories, strict=True)
     ]
     return {"predictions": predictions, "model_version": served.model_version}
+
+
+def too_large(limit: int, advice: str) -> str:
+    """The 413 sentence."""
+    return f"The body exceeds {limit} bytes; {advice}."
 
 
 async def read_limited(scope: Scope, receive: Receive, limit: int) -> bytes:

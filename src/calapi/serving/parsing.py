@@ -1,4 +1,5 @@
-"""Turn a /predict body into a float matrix, or into a 413/422 with a message per field."""
+"""Read /predict bodies into a float matrix and /feedback bodies into ``FeedbackIn``, or
+into a 413/422 (with a message per field): strict JSON, no booleans as numbers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from calapi.model.features import NUMERIC_FEATURES, PLAUSIBLE, SEX_ALIASES, FloatArray, encode_sex
 from calapi.serving.predlog.base import MAX_ID_CHARS
-from calapi.serving.schemas import ROWS, Row, RowId
+from calapi.serving.schemas import ID_MAX, ID_MIN, ROWS, FeedbackIn, Row, RowId
 
 _NUMBERS: Final = (int, float)
 _NUMBER_TYPES: Final = frozenset(_NUMBERS)
@@ -28,12 +29,12 @@ _SEX_KEY, _SEX_ALIAS = SEX_ALIASES
 
 
 class BadRequestError(Exception):
-    """A request the API refuses, with its status and FastAPI-style error list."""
+    """A request the API refuses: its status and one sentence or FastAPI-style errors."""
 
-    def __init__(self, status: int, errors: list[dict[str, Any]]) -> None:
-        super().__init__(errors[0]["msg"] if errors else "bad request")
+    def __init__(self, status: int, detail: str | list[dict[str, Any]]) -> None:
+        super().__init__(detail if isinstance(detail, str) else detail[0]["msg"])
         self.status = status
-        self.errors = errors
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +48,7 @@ class ParsedRows:
 
 def parse_predict_body(body: bytes, max_rows: int) -> ParsedRows:
     """One row, ``{"instances": [...]}`` or a list of rows; strict JSON (no NaN/Infinity)."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        error = _error(("body",), f"Body is not valid JSON: {exc}", "json_invalid")
-        raise BadRequestError(422, [error]) from None
+    document = _json(body)
     if isinstance(document, dict) and "instances" in document:
         return _batch(document["instances"], ("body", "instances"), max_rows)
     if isinstance(document, list):
@@ -75,7 +72,7 @@ def _batch(items: Any, where: tuple[str, ...], max_rows: int) -> ParsedRows:
         raise BadRequestError(422, [_error(where, "A batch needs at least one row.", "too_short")])
     if len(items) > max_rows:
         message = f"A batch holds at most {max_rows} rows, got {len(items)}; split it."
-        raise BadRequestError(413, [_error(where, message, "too_long")])
+        raise BadRequestError(413, message)
     fast = _plain_rows(items, single=False)
     if fast is not None:
         return fast
@@ -105,7 +102,7 @@ def _plain_table(items: list[Any]) -> tuple[list[tuple[Any, ...]], list[Any]] | 
     ids: list[Any] = []
     try:
         for item in items:
-            sex = item[_SEX_KEY] if _SEX_KEY in item else item[_SEX_ALIAS]
+            sex = _sex_of(item)
             if type(sex) is not str:
                 return None
             table.append((encode_sex(sex), *_NUMBERS_OF(item)))
@@ -131,7 +128,7 @@ def _in_bounds(table: list[tuple[Any, ...]]) -> bool:
 def _plain_matrix(items: list[Any], *, single: bool) -> ParsedRows | None:
     """``_plain_table`` for many rows: each step one pass in C instead of Python per value."""
     try:
-        sexes = [item[_SEX_KEY] if _SEX_KEY in item else item[_SEX_ALIAS] for item in items]
+        sexes = list(map(_sex_of, items))
         numbers = list(map(_NUMBERS_OF, items))
         ids = [item.get("id") for item in items]
         codes = _sex_codes(sexes)
@@ -152,10 +149,19 @@ def _plain_matrix(items: list[Any], *, single: bool) -> ParsedRows | None:
 
 
 def _plain_ids(ids: list[Any]) -> bool:
-    """Every id absent, an int, or a string short enough to be a log key."""
+    """Every id absent, an int within ±ID_MAX, or a string short enough to be a log key."""
     return _ID_TYPES.issuperset(map(type, ids)) and not any(
-        type(row_id) is str and len(row_id) > MAX_ID_CHARS for row_id in ids
+        len(row_id) > MAX_ID_CHARS if type(row_id) is str else not ID_MIN <= row_id <= ID_MAX
+        for row_id in ids
+        if row_id is not None
     )
+
+
+def _sex_of(item: dict[str, Any]) -> Any:
+    """The row's spelling of its sex; None (so Row validates) when it sends both keys."""
+    if _SEX_KEY not in item:
+        return item[_SEX_ALIAS]
+    return None if _SEX_ALIAS in item else item[_SEX_KEY]
 
 
 def _sex_codes(sexes: list[Any]) -> list[float] | None:
@@ -169,6 +175,23 @@ def _sex_codes(sexes: list[Any]) -> list[float] | None:
         except ValueError:
             return None
     return list(map(codes.__getitem__, sexes))
+
+
+def parse_feedback_body(body: bytes) -> FeedbackIn:
+    """``{"id": ..., "Calories": ...}`` in strict JSON, or a 422 with a message per field."""
+    try:
+        return FeedbackIn.model_validate(_json(body))
+    except ValidationError as exc:
+        raise BadRequestError(422, _errors(exc, ("body",))) from None
+
+
+def _json(body: bytes) -> Any:
+    """The document; NaN, Infinity and numbers beyond a double (1e309) are not JSON here."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        error = _error(("body",), f"Body is not valid JSON: {exc}", "json_invalid")
+        raise BadRequestError(422, [error]) from None
 
 
 def _validate_one(document: dict[str, Any]) -> Row:

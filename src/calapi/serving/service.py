@@ -25,6 +25,15 @@ class Served:
     model_version: str
 
 
+def log_key(row_id: RowId) -> str:
+    """The prediction log's key of an id: ``1`` and ``"1"`` are different ids, so integers
+    are keyed ``#1``; a string is its own key, with one more ``#`` when it starts with one
+    (``"#1"`` is keyed ``##1``), so no string meets an integer's key."""
+    if isinstance(row_id, str):
+        return f"#{row_id}" if row_id.startswith("#") else row_id
+    return f"#{row_id}"
+
+
 def id_factory() -> Callable[[], str]:
     """Ids for rows sent without one: unique to this process, short, never reused."""
     prefix = secrets.token_hex(4)
@@ -47,7 +56,7 @@ class Predictions:
         calories, model = await self._batcher.predict(rows.raw)
         ids = [self._new_id() if row_id is None else row_id for row_id in rows.ids]
         values = calories.tolist()
-        self._log.record(list(map(str, ids)), values, rows.raw, model.version)
+        self._log.record(list(map(log_key, ids)), values, rows.raw, model.version)
         return Served(ids, values, model.version)
 
 
@@ -66,7 +75,7 @@ class Feedback:
         An id unknown at first is asked for again once the log has settled: another process
         may have made the prediction a moment ago and not written it yet.
         """
-        key = str(row_id)
+        key = log_key(row_id)
         try:
             outcome = await self._log.answer(key, actual)
         except UnknownIdError:

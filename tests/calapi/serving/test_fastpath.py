@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from api_support import api_client, routed_client, row, sample
+from api_support import JSON_HEADERS, api_client, routed_client, row, sample
 from calapi.serving.app import create_app
 from calapi.serving.settings import ApiSettings
 
@@ -32,9 +32,9 @@ async def test_fast_path_answers_like_the_documented_route(
 ) -> None:
     """Status, body and content type are the same whether FastAPI routes the request or not."""
     async with api_client(trained_model_dir, max_batch_rows=3, max_body_bytes=2000) as client:
-        fast = await client.post("/predict", content=body)
+        fast = await client.post("/predict", content=body, headers=JSON_HEADERS)
         async with routed_client(client) as routed:
-            documented = await routed.post("/predict", content=body)
+            documented = await routed.post("/predict", content=body, headers=JSON_HEADERS)
         registry = client.registry  # type: ignore[attr-defined]
     counted = sample(registry, "app_requests_total", route="/predict", method="POST",
                      status=str(fast.status_code))  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api_support import SEED_ROW, api_client
+from api_support import JSON_HEADERS, SEED_ROW, api_client
 from calapi.serving import parsing
 from calapi.serving.schemas import ROWS
 
@@ -54,7 +54,7 @@ def call(trained_model_dir: Path) -> Iterator[Callable[[str, bytes], httpx.Respo
     client = loop.run_until_complete(stack.enter_async_context(api_client(trained_model_dir)))
 
     def post(path: str, content: bytes) -> httpx.Response:
-        return loop.run_until_complete(client.post(path, content=content))
+        return loop.run_until_complete(client.post(path, content=content, headers=JSON_HEADERS))
 
     try:
         yield post

@@ -1,7 +1,8 @@
 """POST /predict: one row or a batch, micro-batched with concurrent requests.
 
 The running app answers it before FastAPI's routing (``calapi.serving.fastpath``); this
-route documents it (OpenAPI) and calls the same handler when FastAPI does route it.
+route documents it (OpenAPI; create_app adds its body schema) and calls the same handler
+when FastAPI does route it.
 """
 
 from __future__ import annotations
@@ -12,26 +13,16 @@ from fastapi.responses import Response
 from calapi.serving.handlers import PREDICT_PATH
 from calapi.serving.responses import JSON_MEDIA_TYPE, documented_errors
 from calapi.serving.routes.deps import PredictHandlerDep
-from calapi.serving.schemas import BatchPrediction, SinglePrediction, predict_body_schema
+from calapi.serving.schemas import BatchPrediction, SinglePrediction
 
 router = APIRouter(tags=["predict"])
-BODY_SCHEMA, BODY_DEFINITIONS = predict_body_schema()
 
 
 @router.post(
     PREDICT_PATH,
     summary="Predict calories for one row or a batch",
     response_model=SinglePrediction | BatchPrediction,
-    responses={
-        **documented_errors(413, 503),
-        422: {"description": "A field is missing or impossible (one message per field)."},
-    },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": BODY_SCHEMA}},
-        }
-    },
+    responses=documented_errors(413, 415, 422, 503),
 )
 async def predict(request: Request, handler: PredictHandlerDep) -> Response:
     """Predict ``Calories`` [kcal]; ids are echoed, or assigned when missing, for /feedback."""
