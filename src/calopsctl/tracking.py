@@ -37,12 +37,13 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 HEALTH_TIMEOUT_SECONDS = 3.0
 PROBE_TIMEOUT_SECONDS = 10.0
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-# MLflow's client retries a failing server 7 times with exponential backoff (minutes of
-# silence); a tool on a local stack should say what is wrong within seconds.
+# MLflow's client retries a failing server 7 times with exponential backoff and waits 120 s
+# for each answer (minutes of silence); here a call that fails or hangs is given up within
+# about 2 x 8 s + 1 s of backoff, so `calops train` says what is wrong well within 30 s.
 HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
 }
 MAX_LISTED_VERSIONS = 50
 
@@ -65,6 +66,13 @@ class TrackingTarget:
     def is_remote(self) -> bool:
         return urlparse(self.uri).scheme in ("http", "https")
 
+    @property
+    def shown(self) -> str:
+        """The URI as calops prints it: credentials and secret query values hidden."""
+        from calapi.redaction import redact_uri
+
+        return redact_uri(self.uri)
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -80,6 +88,7 @@ class RunRecord:
     model: Any
     input_example: Any  # a DataFrame of raw feature rows
     pip_requirements: Sequence[str] = field(default_factory=tuple)
+    safe: bool = True  # the model saves as skops with calops's trusted types (else: pickle)
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ def check_reachable(target: TrackingTarget) -> None:
         return
     if not _answers(target.uri):
         raise TrackingError(
-            f"MLflow tracking server {target.uri} does not answer on /health; start it "
+            f"MLflow tracking server {target.shown} does not answer on /health; start it "
             "(`calops up`) or pass another --tracking URI such as file:./mlruns."
         )
     import httpx
@@ -193,12 +202,12 @@ def check_reachable(target: TrackingTarget) -> None:
         response = httpx.get(url, params={"max_results": 1}, timeout=PROBE_TIMEOUT_SECONDS)
     except httpx.HTTPError as exc:
         raise TrackingError(
-            f"MLflow at {target.uri} answers /health but not its API ({type(exc).__name__}); "
+            f"MLflow at {target.shown} answers /health but not its API ({type(exc).__name__}); "
             "check the server's log (`calops logs mlflow`)."
         ) from None
     if response.status_code != HTTPStatus.OK:
         raise TrackingError(
-            f"MLflow at {target.uri} answers /health but its API failed (HTTP "
+            f"MLflow at {target.shown} answers /health but its API failed (HTTP "
             f"{response.status_code}: {response.text.strip()[:120]}); check the server's log "
             "(`calops logs mlflow`)."
         )
@@ -280,7 +289,7 @@ class MlflowTracker:
             rmsle=metrics.get("rmsle"),
             trainer=tags.get(TAG_TRAINER),
             sha256=tags.get(TAG_MODEL_SHA256),
-            tracking_uri=self._target.uri,
+            tracking_uri=self._target.shown,
         )
         return info, aliases.get(number, ())
 
@@ -324,8 +333,21 @@ class MlflowTracker:
     def _log_model(self, record: RunRecord) -> Any:
         from mlflow.models import infer_signature
 
+        from calapi.model.safeformat import TRUSTED_TYPES
+
         example = record.input_example
         signature = infer_signature(example, record.model.predict(example))
+        # skops, with calops's own trusted types: a version loads without running code. A
+        # script's model skops cannot hold safely is logged as a pickle, which the API loads
+        # only with --allow-pickle (training said so).
+        formats: dict[str, Any] = {
+            "serialization_format": self._mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            "skops_trusted_types": list(TRUSTED_TYPES),
+        }
+        if not record.safe:
+            formats = {
+                "serialization_format": self._mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE
+            }
         return self._mlflow.sklearn.log_model(
             record.model,
             name="model",
@@ -333,10 +355,7 @@ class MlflowTracker:
             input_example=example,
             signature=signature,
             pip_requirements=list(record.pip_requirements) or None,
-            # The estimator holds calapi's own transformer and numpy ufuncs, which skops
-            # would refuse to load unless each type were declared trusted; the same bytes
-            # are already trusted as model.joblib, so pickle adds no new exposure.
-            serialization_format="cloudpickle",
+            **formats,
         )
 
     def _experiment_id(self, name: str) -> str:
@@ -373,7 +392,7 @@ class MlflowTracker:
         except (MlflowException, requests.RequestException, OSError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrackingError(
-                f"MLflow at {self._target.uri} failed while {what}: {reason.rstrip('.')}."
+                f"MLflow at {self._target.shown} failed while {what}: {reason.rstrip('.')}."
             ) from None
 
 

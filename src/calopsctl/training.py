@@ -8,12 +8,16 @@ The order matters:
 3. the trainer (built-in, or the user's script) writes into ``runs/.staging-*``, never over
    what serves; the folder gets its final name, ``runs/<run-id>``, only once the run is logged,
    and is removed when anything fails;
-4. only then may the serving pointer move, and only through the gate (the champion re-scored
-   on the new run's holdout) or ``--promote``.
+4. only then may anything that serves change: a model served straight from the outputs
+   folder gets its own run folder (a script, which writes there itself, has it moved aside
+   before it runs and put back if the run is not logged), and the serving pointer moves only
+   through the gate (the champion re-scored on the new run's holdout) or ``--promote``.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -32,7 +36,7 @@ from calapi.model.config import (
 from calapi.model.runrecord import RunInfo
 from calopsctl import lifecycle, paths, tracking
 from calopsctl.lifecycle import FolderPointer, ServingPointer, Verdict
-from calopsctl.runs import RunFolders
+from calopsctl.runs import LEGACY_FILES, PROMOTIONS, RunFolders
 from calopsctl.scripts import ScriptConfig, ScriptError
 from calopsctl.tracking import LoggedRun, RunRecord, Tracker, TrackingTarget
 
@@ -95,6 +99,8 @@ class Produced:
     trainer: str
     evaluation: pd.DataFrame | None = field(default=None, repr=False)
     model: Any = field(default=None, repr=False)  # already loaded (a script's), else None
+    pickle_path: Path | None = None  # the same model as joblib, beside the safe model_path
+    safe: bool = True  # model_path is model.skops; False: only a pickle (a script's) exists
 
     @property
     def evaluated_on(self) -> str:
@@ -144,24 +150,30 @@ def train_and_track(
     """
     plan = make_plan(options, base or Path.cwd())
     target = tracking.resolve_target(options.tracking, home=home)
-    report(f"Tracking to {target.uri} ({target.origin}).")
+    report(f"Tracking to {target.shown} ({target.origin}).")
     tracking.check_reachable(target)
     tracker = (tracker_factory or tracking.MlflowTracker)(target)
     pointer = choose_pointer(target, tracker, plan)
     report(f"What serves: {pointer.where}.")
-    if isinstance(pointer, FolderPointer) and (adopted := pointer.adopt_legacy()):
-        report(f"Moved the model served from {plan.outputs} into {adopted} (now {pointer.where}).")
-    champion = pointer.champion()
     folders = RunFolders(plan.outputs)
     staging = folders.staging()
+    # A script writes into the outputs folder itself: a model served from there moves aside
+    # first, and back if the run is not logged. Otherwise nothing that serves is touched
+    # until the run is logged.
+    undo = _adopt_legacy(pointer, report) if plan.script is not None else None
     try:
+        champion = pointer.champion()
         produced = _train(plan, options, staging, report, echo or report)
-        report("Logging the run and registering the model.")
+        report(f"Logging the run to {target.shown} and registering the model.")
         logged = tracker.log_run(_record(plan, produced, options))
         folder = folders.finish(staging, _run_info(plan, produced, logged, target, options))
     except BaseException:
         folders.discard(staging, keep=(LOG_FILE,))
+        if undo is not None:
+            undo()
         raise
+    if undo is None and _adopt_legacy(pointer, report) is not None:
+        champion = pointer.champion()
     verdict = _judge(
         pointer, champion, plan=plan, produced=produced, folder=folder, logged=logged,
         force=options.promote,
@@ -278,6 +290,42 @@ def serving_names(config_path: Path | None, base: Path) -> tuple[str, str, Path]
 # -- which pointer decides ----------------------------------------------------------------------
 
 
+def _adopt_legacy(pointer: ServingPointer, report: Report) -> Callable[[], None] | None:
+    """Move a model served straight from the outputs folder into its own run folder, served
+    from there (same bytes); return what puts every file back as it was, else None."""
+    if not isinstance(pointer, FolderPointer):
+        return None
+    folders = pointer.folders
+    history = folders.root / PROMOTIONS
+    history_size = history.stat().st_size if history.is_file() else None
+    adopted = pointer.adopt_legacy()
+    if adopted is None:
+        return None
+    report(f"Moved the model served from {folders.root} into {adopted} (now {pointer.where}).")
+
+    def put_back() -> None:
+        # Linked back before the pointer goes, so a watching API always finds the same model.
+        for name in LEGACY_FILES:
+            if (adopted / name).is_file():
+                _link_or_copy(adopted / name, folders.root / name)
+        folders.pointer.unlink(missing_ok=True)
+        shutil.rmtree(adopted, ignore_errors=True)
+        if history_size is None:
+            history.unlink(missing_ok=True)
+        else:
+            os.truncate(history, history_size)
+        report(f"Put the model served back into {folders.root}, as it was.")
+
+    return put_back
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 def choose_pointer(target: TrackingTarget, tracker: Tracker, plan: Plan) -> ServingPointer:
     """The serving pointer this run answers to.
 
@@ -336,6 +384,7 @@ def run_builtin(
         synthetic=bool(result.card["data"]["synthetic"]),
         trainer=BUILTIN,
         evaluation=result.evaluation,
+        pickle_path=result.pickle_path,
     )
 
 
@@ -360,11 +409,11 @@ def run_script(
     report(f"Running {script} with {Path(sys.executable).name}; its output follows.")
     ran = run(script, args, config, into=into, echo=echo)
     metrics = ran.metrics
-    card_path = ran.card_path or write_script_card(
-        ran, model_name=_names(config.params)[0], metrics=metrics
-    )
+    if ran.pickle_note is not None:
+        report(ran.pickle_note)
+    card_path = write_script_card(ran, model_name=_names(config.params)[0], metrics=metrics)
     return Produced(
-        model_path=ran.model_path,
+        model_path=ran.served_path,
         metrics_path=ran.metrics_path,
         card_path=card_path,
         log_path=ran.log_path,
@@ -374,6 +423,8 @@ def run_script(
         synthetic=ran.synthetic,
         trainer=str(script),
         model=ran.model,
+        pickle_path=ran.model_path if ran.safe_path is not None else None,
+        safe=ran.safe_path is not None,
     )
 
 
@@ -382,6 +433,8 @@ def run_script(
 
 def _record(plan: Plan, produced: Produced, options: TrainOptions) -> RunRecord:
     artifacts = [produced.model_path, produced.metrics_path, produced.card_path]
+    if produced.pickle_path is not None:
+        artifacts.insert(1, produced.pickle_path)
     if plan.config_path is not None:
         artifacts.insert(1, plan.config_path)
     artifacts.append(produced.log_path)
@@ -396,6 +449,7 @@ def _record(plan: Plan, produced: Produced, options: TrainOptions) -> RunRecord:
         model=produced.model if produced.model is not None else _load_model(produced.model_path),
         input_example=_input_example(plan),
         pip_requirements=_pip_requirements(),
+        safe=produced.safe,
     )
 
 
@@ -465,7 +519,7 @@ def _pip_requirements() -> list[str]:
     """Pinned so `mlflow models serve` recreates this environment instead of guessing it."""
     from calapi.model.card import library_versions
 
-    required = ("calops", "scikit-learn", "numpy", "pandas", "mlflow")
+    required = ("calops", "scikit-learn", "numpy", "pandas", "mlflow", "skops")
     found = library_versions(required)
     return [f"{name}=={found[name]}" for name in required if found[name]]
 
@@ -490,7 +544,7 @@ def _run_info(
         trainer=produced.trainer,
         sha256=file_sha256(produced.model_path),
         model_file=produced.model_path.name,
-        tracking_uri=target.uri,
+        tracking_uri=target.shown,
         experiment=options.experiment,
     )
 
@@ -552,7 +606,7 @@ def _summary(
     return TrainSummary(
         run_id=logged.run_id,
         experiment=options.experiment,
-        tracking_uri=target.uri,
+        tracking_uri=target.shown,
         tracking_origin=target.origin,
         model_name=plan.model_name,
         model_version=logged.model_version,

@@ -265,7 +265,7 @@ def failed_reloads(url: str) -> float:
     return sum(
         float(line.split()[-1])
         for line in text.splitlines()
-        if line.startswith("app_model_reloads_total") and 'outcome="failed"' in line
+        if line.startswith("app_model_reloads_total") and 'result="failed"' in line
     )
 
 

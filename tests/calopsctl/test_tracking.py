@@ -111,3 +111,21 @@ def test_file_store_works_and_leaves_the_environment_alone(
     assert tracker.aliased("calories", "champion") is None
     assert FILE_STORE not in os.environ
     assert tracking.PROGRESS_BAR not in os.environ
+
+
+def test_a_target_is_shown_without_its_credentials() -> None:
+    """What calops prints and records of a tracking URI hides its password and secret query."""
+    target = tracking.TrackingTarget("https://alice:s3cret@mlflow.example/?auth=t0k&x=1", "test")
+    assert "s3cret" not in target.shown
+    assert "t0k" not in target.shown
+    assert target.shown.startswith("https://alice:***@mlflow.example/")
+    assert "x=1" in target.shown
+
+
+def test_an_unanswering_server_is_named_without_its_credentials() -> None:
+    """The one-sentence failure names the server, not its password."""
+    target = tracking.TrackingTarget("http://bob:hunter2@127.0.0.1:9/", "test")
+    with pytest.raises(tracking.TrackingError) as failure:
+        tracking.check_reachable(target)
+    assert "hunter2" not in str(failure.value)
+    assert "bob:***@127.0.0.1:9" in str(failure.value)

@@ -51,8 +51,22 @@ from conftest import small_config
 from support import free_port
 
 NAME, ALIAS = "calories", "champion"
-LOGGED = ["model.joblib", "config.yaml", "metrics.json", "model_card.json", "train.log"]
-RUN_FILES = {"model.joblib", "metrics.json", "model_card.json", "train.log", "run.json"}
+LOGGED = [
+    "model.skops",
+    "config.yaml",
+    "model.joblib",
+    "metrics.json",
+    "model_card.json",
+    "train.log",
+]
+RUN_FILES = {
+    "model.skops",
+    "model.joblib",
+    "metrics.json",
+    "model_card.json",
+    "train.log",
+    "run.json",
+}
 FILE_STORE = "file:./mlruns"  # an explicit store: the registry alias decides what serves
 
 
@@ -149,7 +163,7 @@ class FakeTracker:
         if found is None:
             raise ModelError(f"MLflow has no model models:/{model_name}/{version}.")
         self.loads.append(version)
-        return LocalSource(found.files / "model.joblib").load()
+        return LocalSource(found.files / "model.skops").load()
 
     def alias(self) -> str | None:
         return self.aliases.get(NAME, {}).get(ALIAS)
@@ -257,7 +271,7 @@ def test_builtin_run_logs_everything_and_writes_a_complete_run_folder(
     assert record.tags[TAG_SYNTHETIC] == "true"
     assert record.tags[TAG_EVALUATED_ON] == "holdout"
     assert record.tags[TAG_TRAINER] == "calapi.model.train"
-    assert record.tags[TAG_MODEL_SHA256] == file_sha256(folder / "model.joblib")
+    assert record.tags[TAG_MODEL_SHA256] == file_sha256(folder / "model.skops")
     assert record.input_example.columns[0] == "Sex"
     assert record.experiment == "calops"
     # The run folder is complete, and the only thing written besides the pointer.
@@ -280,7 +294,10 @@ def test_builtin_run_logs_everything_and_writes_a_complete_run_folder(
     assert staging_folders(isolated_home) == []
     assert "Fitting on 800 rows" in (folder / "train.log").read_text(encoding="utf-8")
     assert summary.log == str(folder / "train.log")
-    assert "Logging the run and registering the model." in said
+    assert any(
+        line.startswith("Logging the run to ") and line.endswith(" and registering the model.")
+        for line in said
+    )
 
 
 def test_data_option_trains_on_a_csv(isolated_home: Path, fake: FakeTracker) -> None:
@@ -399,7 +416,7 @@ def test_gate_scores_the_champion_on_the_new_runs_holdout(
     again = run(other.model_copy(update={"outputs": elsewhere}))
     assert again.evaluation is not None
     assert len(again.evaluation) == 120
-    old = LocalSource(Path(champion.run_folder) / "model.joblib").load()
+    old = LocalSource(Path(champion.run_folder) / "model.skops").load()
     rescored = lifecycle.score(old, again.evaluation)
     assert summary.compared["champion_rmsle"] == pytest.approx(rescored, rel=1e-9)
     assert summary.compared["champion_rmsle"] != pytest.approx(champion.metrics["rmsle"])
@@ -613,12 +630,14 @@ def legacy_model(project: Path, *, max_iter: int) -> str:
     from calapi.model.train import run
 
     run(small_config(artifacts(project), rows=1000, max_iter=max_iter))
-    return file_sha256(artifacts(project) / "model.joblib")
+    return file_sha256(artifacts(project) / "model.skops")
 
 
-def test_legacy_model_is_adopted_before_training(isolated_home: Path, fake: FakeTracker) -> None:
-    """It moves into runs/legacy-<sha12>/, `current` points there, and the API sees the same
-    model; then the new run is gated against it like any champion."""
+def test_legacy_model_is_adopted_once_the_run_is_logged(
+    isolated_home: Path, fake: FakeTracker
+) -> None:
+    """After logging, it moves into runs/legacy-<sha12>/, `current` points there, and the API
+    sees the same model; then the new run is gated against it like any champion."""
     sha = legacy_model(isolated_home, max_iter=40)
     before = LocalSource(artifacts(isolated_home)).load()
     assert (before.version, before.sha256) == (sha[:12], sha)
@@ -627,10 +646,11 @@ def test_legacy_model_is_adopted_before_training(isolated_home: Path, fake: Fake
     summary = train(isolated_home, fake, path, said=said)
     adopted = artifacts(isolated_home) / "runs" / f"legacy-{sha[:12]}"
     moved = next(i for i, line in enumerate(said) if line.startswith("Moved the model served"))
+    logging = next(i for i, line in enumerate(said) if line.startswith("Logging the run"))
     assert str(adopted) in said[moved]
-    assert moved < said.index("Loading data")
-    assert file_sha256(adopted / "model.joblib") == sha
-    assert not (artifacts(isolated_home) / "model.joblib").exists()
+    assert moved > logging
+    assert file_sha256(adopted / "model.skops") == sha
+    assert not (artifacts(isolated_home) / "model.skops").exists()
     assert summary.champion == adopted.name
     assert not summary.promoted
     assert "worse" in summary.promotion_reason
@@ -646,7 +666,7 @@ def test_legacy_model_is_not_touched_when_the_registry_decides(
     sha = legacy_model(isolated_home, max_iter=1)
     summary = train(isolated_home, fake, write_config(isolated_home, config()), tracking=FILE_STORE)
     assert summary.promoted  # the alias had no version yet
-    assert file_sha256(artifacts(isolated_home) / "model.joblib") == sha
+    assert file_sha256(artifacts(isolated_home) / "model.skops") == sha
     assert served(isolated_home) is None
 
 
@@ -659,6 +679,82 @@ def test_rollback_after_the_first_promotion_returns_to_the_adopted_model(
     moved = lifecycle.rollback(FolderPointer(artifacts(isolated_home), NAME))
     assert moved.current.key == f"legacy-{sha[:12]}"
     assert LocalSource(artifacts(isolated_home)).load().sha256 == sha
+
+
+# -- what serves changes only once the run is logged ----------------------------------------------
+
+
+@dataclass
+class FullDiskTracker(FakeTracker):
+    """Stores the first artifact, then fails as MLflow does on a full disk."""
+
+    def log_run(self, record: RunRecord) -> LoggedRun:
+        self.store.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record.artifacts[0], self.store / record.artifacts[0].name)
+        raise TrackingError(
+            "MLflow at x failed while logging the run: [Errno 28] No space left on device."
+        )
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every file's bytes and every symlink's target under ``folder``, but a failed run's
+    staging folder (kept for its train.log)."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".staging-") for part in relative.parts):
+            continue
+        if path.is_symlink():
+            found[str(relative)] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            found[str(relative)] = path.read_bytes()
+    return found
+
+
+def test_failed_logging_leaves_a_legacy_layout_as_it_was(isolated_home: Path) -> None:
+    """A model served straight from artifacts/: a run whose logging fails moves nothing."""
+    legacy_model(isolated_home, max_iter=5)
+    before = snapshot(artifacts(isolated_home))
+    full = FullDiskTracker(isolated_home / "registry")
+    with pytest.raises(TrackingError, match=r"No space left"):
+        train(isolated_home, full, write_config(isolated_home, config(), "next.yaml"))
+    assert snapshot(artifacts(isolated_home)) == before
+    assert served(isolated_home) is None
+
+
+def test_failed_logging_of_a_script_run_puts_the_legacy_model_back(
+    isolated_home: Path, trained_model_dir: Path
+) -> None:
+    """A script writes into artifacts/ itself, so the served model moves aside while it runs;
+    when logging then fails, every served file is back, byte for byte."""
+    legacy_model(isolated_home, max_iter=5)
+    before = snapshot(artifacts(isolated_home))
+    said: list[str] = []
+    with pytest.raises(TrackingError, match=r"No space left"):
+        train_and_track(
+            TrainOptions(
+                config_path=write_config(isolated_home, config()),
+                script=script(isolated_home, COPIES_MODEL_CARD_METRICS),
+                script_args=("--from", str(trained_model_dir)),
+            ),
+            home=isolated_home / ".calops",
+            report=said.append,
+            tracker_factory=FullDiskTracker(isolated_home / "registry"),
+        )
+    assert snapshot(artifacts(isolated_home)) == before
+    assert any(line.startswith("Put the model served back") for line in said)
+
+
+def test_failed_logging_leaves_the_pointer_and_its_runs_as_they_were(
+    isolated_home: Path, fake: FakeTracker
+) -> None:
+    """With run folders and `current`: after a failed logging, byte-identical."""
+    train(isolated_home, fake, write_config(isolated_home, config(max_iter=5)))
+    before = snapshot(artifacts(isolated_home))
+    full = FullDiskTracker(isolated_home / "registry")
+    with pytest.raises(TrackingError, match=r"No space left"):
+        train(isolated_home, full, write_config(isolated_home, config(), "better.yaml"))
+    assert snapshot(artifacts(isolated_home)) == before
 
 
 # -- a user's script ------------------------------------------------------------------------------
@@ -751,7 +847,7 @@ def test_script_run_does_not_displace_a_champion(
     # It wrote no card: one is built, with the model's sha256, in the run folder.
     folder = Path(summary.run_folder)
     card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
-    assert card["sha256"] == file_sha256(folder / "model.joblib")
+    assert card["sha256"] == file_sha256(folder / "model.skops")
     assert card["features"][0] == "Sex"
     assert card["metrics"]["rmsle"] == 0.2
     assert dict(fake.records[-1].metrics) == {"rmsle": 0.2, "rmse": 9.0}

@@ -6,8 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,14 @@ from support import free_port, running
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-LOGGED_FILES = {"model.joblib", "config.yaml", "metrics.json", "model_card.json", "train.log"}
+LOGGED_FILES = {
+    "model.skops",
+    "model.joblib",
+    "config.yaml",
+    "metrics.json",
+    "model_card.json",
+    "train.log",
+}
 NAME, ALIAS = "calories", "champion"
 
 
@@ -215,3 +226,91 @@ def test_unreachable_server_exits_1_before_training(tmp_path: Path) -> None:
     assert "does not answer" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "artifacts").exists()
+
+
+# -- a server that answers /health and fails or hangs on its API ---------------------------------
+
+NOT_FOUND = b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "not found"}'
+BROKEN = b'{"error_code": "INTERNAL_ERROR", "message": "No space left on device"}'
+GIVE_UP_SECONDS = 30.0
+
+
+@contextmanager
+def broken_mlflow(*, reads_work: bool, hang: bool) -> Iterator[tuple[str, list[float]]]:
+    """A real HTTP server on loopback: /health 200; with ``reads_work`` the calls calops makes
+    before training answer as an empty MLflow would; every other call answers 500 (or, with
+    ``hang``, never answers while the server runs). Yields its URL and the times it failed."""
+    stop = threading.Event()
+    failed: list[float] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            code, body = self._decide()
+            if code == 0:
+                stop.wait()
+                return
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _decide(self) -> tuple[int, bytes]:
+            if self.path.startswith("/health"):
+                return 200, b"OK"
+            if reads_work and "experiments/search" in self.path:
+                return 200, b'{"experiments": []}'
+            if reads_work and self.command == "GET" and "/get" in self.path:
+                return 404, NOT_FOUND
+            failed.append(time.monotonic())
+            return (0, b"") if hang else (500, BROKEN)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    for method in ("GET", "POST", "PATCH", "DELETE"):
+        setattr(Handler, f"do_{method}", Handler._answer)
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", failed
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("reads_work", "hang", "said"),
+    [
+        (False, False, "answers /health but its API failed"),
+        (True, False, "failed while logging the run"),
+        (True, True, "failed while logging the run"),
+    ],
+    ids=["api-500", "writes-500", "writes-hang"],
+)
+def test_train_gives_up_on_a_broken_server_within_30_s(
+    tmp_path: Path, reads_work: bool, hang: bool, said: str
+) -> None:
+    """Exit 1 within 30 s of the first failed call, with one line naming the server and the
+    reason; the progress said it was logging; nothing of the run is left to serve."""
+    project(tmp_path, max_iter=5)
+    with broken_mlflow(reads_work=reads_work, hang=hang) as (url, failed):
+        result = calops_train(tmp_path, "--tracking", url)
+        elapsed = time.monotonic() - failed[0]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1, result.stderr
+    assert elapsed < GIVE_UP_SECONDS, f"gave up {elapsed:.0f} s after the first failed call"
+    assert len(errors) == 1
+    assert url in errors[0]
+    assert said in errors[0]
+    assert "Traceback" not in result.stderr
+    if reads_work:
+        assert f"Logging the run to {url}" in result.stderr
+    assert not (tmp_path / "artifacts" / "current").exists()

@@ -137,6 +137,8 @@ def test_api_alerts_load_in_prometheus(traffic: str) -> None:
         "RollingRmsleHigh",
         "NoFeedbackReceived",
         "FeatureDrift",
+        "ModelStale",
     }
     assert instant_query(traffic, 'ALERTS{alertname="ApiDown"}') == []
     assert instant_query(traffic, 'ALERTS{alertname="ApiGone"}') == []
+    assert instant_query(traffic, 'ALERTS{alertname="ModelStale"}') == []

@@ -5,19 +5,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Hashable
-from typing import Final
+import time
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
 
-from calapi.errors import ModelError
+from calapi.errors import ModelError, ModelRefusedError
 from calapi.serving.metrics import ApiMetrics
 from calapi.serving.sources import LoadedModel, ModelSource
 
 log = logging.getLogger("calapi")
 FIRST_LOAD_WAIT_SECONDS: Final = 30.0
+# A source already tried is loaded again (forced, or a retry of a failed one) at most this often;
+# requests in between get that attempt's result, so a burst of /reload costs one load.
+RELOAD_MIN_SECONDS: Final = 1.0
+
+Result = Literal["loaded", "unchanged", "failed", "refused"]  # metrics.RELOAD_RESULTS
+
+
+@dataclass(frozen=True)
+class Reload:
+    """How one look at the model source ended, and why when it did not load."""
+
+    result: Result
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("loaded", "unchanged")
+
+
+@dataclass(frozen=True)
+class Stale:
+    """Why the model serving is no longer what its source holds, and since when."""
+
+    reason: str
+    since: str
+    result: Result
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    signature: Hashable
+    at: float  # time.monotonic()
+    outcome: Reload
 
 
 class ModelHolder:
-    """The model answering now; reloads it when its source changes, swapping atomically."""
+    """The model answering now; reloads it when its source changes, swapping atomically.
+
+    Looks at the source are single-flight: a caller arriving while one runs waits for it, then
+    joins (or starts) the next, so any burst of callers causes at most two looks.
+    """
 
     def __init__(
         self,
@@ -28,9 +68,12 @@ class ModelHolder:
         self.source = source
         self.current: LoadedModel | None = None
         self.problem: str | None = "The model is still loading."
+        self.stale: Stale | None = None
         self._metrics = metrics
         self._on_swap = on_swap
-        self._signature: Hashable = object()
+        self._served: Hashable = object()
+        self._attempt: _Attempt | None = None
+        self._flight: asyncio.Task[Reload] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, reload_interval: float) -> None:
@@ -48,36 +91,73 @@ class ModelHolder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
 
-    async def refresh(self, *, force: bool = False) -> bool:
-        """Load the model if its source changed (or when forced); True when a new one is in."""
+    async def refresh(self, *, force: bool = False) -> Reload:
+        """Load the model unless its source holds what serves (``force``: even then).
+
+        A source tried less than RELOAD_MIN_SECONDS ago is not loaded again: the caller gets
+        that attempt's result.
+        """
+        return await self._single_flight(lambda: self._look(force=force, asked=True))
+
+    async def _single_flight(self, look: Callable[[], Coroutine[Any, Any, Reload]]) -> Reload:
+        if self._flight is not None:
+            # It began before this call, so it may have read the source before the change
+            # this caller asks about: wait for it, then join the next one.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flight)
+        if self._flight is None:
+            self._flight = asyncio.create_task(look())
+            self._flight.add_done_callback(self._landed)
+        return await asyncio.shield(self._flight)
+
+    def _landed(self, flight: asyncio.Task[Reload]) -> None:
+        if self._flight is flight:
+            self._flight = None
+
+    async def _look(self, *, force: bool, asked: bool) -> Reload:
         try:
             signature = await asyncio.to_thread(self.source.signature)
         except ModelError as exc:
-            self._fail(str(exc))
-            return False
-        if signature == self._signature and not force:
-            return False
-        self._signature = signature
+            return self._count(self._failed(exc))
+        if signature == self._served and not force:
+            self._fresh()
+            return self._count(Reload("unchanged")) if asked else Reload("unchanged")
+        tried = self._attempt
+        if (
+            tried is not None
+            and tried.signature == signature
+            and (not asked or time.monotonic() - tried.at < RELOAD_MIN_SECONDS)
+        ):
+            return tried.outcome
+        return self._count(await self._load(signature))
+
+    async def _load(self, signature: Hashable) -> Reload:
+        started = time.monotonic()
         try:
             model = await asyncio.to_thread(self.source.load)
         except ModelError as exc:
-            self._fail(str(exc))
-            return False
-        self._swap(model)
-        return True
+            outcome = self._failed(exc)
+        else:
+            self._swap(model)
+            self._served = signature
+            outcome = Reload("loaded")
+        self._attempt = _Attempt(signature, started, outcome)
+        return outcome
+
+    def _count(self, outcome: Reload) -> Reload:
+        self._metrics.model_reloads.labels(outcome.result).inc()
+        return outcome
 
     async def _watch(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if await self._refresh_quietly():
-                self._metrics.model_reloads.labels("loaded").inc()
+            await self._look_quietly()
 
-    async def _refresh_quietly(self) -> bool:
+    async def _look_quietly(self) -> None:
         try:
-            return await self.refresh()
+            await self._single_flight(lambda: self._look(force=False, asked=False))
         except Exception:
             log.exception("Checking %s for a new model failed", self.source.description)
-            return False
 
     def _swap(self, model: LoadedModel) -> None:
         if self._on_swap is not None:
@@ -85,13 +165,29 @@ class ModelHolder:
         # One reference assignment: a batch reads the model once, so none sees a mix.
         self.current = model
         self.problem = None
+        self._fresh()
         self._metrics.show_model(model.version, model.sha256, model.source, alias=model.alias)
         log.info("Serving model %s (alias %s, run %s) from %s (%s path)", model.version,
                  model.alias, model.run_id, model.source, model.predict.kind)  # fmt: skip
 
-    def _fail(self, reason: str) -> None:
+    def _failed(self, exc: ModelError) -> Reload:
+        outcome = Reload("refused" if isinstance(exc, ModelRefusedError) else "failed", str(exc))
+        reason = str(exc)
         if self.current is None:
+            if reason != self.problem:
+                log.warning("%s", reason)
             self.problem = reason
-        else:
-            self._metrics.model_reloads.labels("failed").inc()
-        log.warning("%s", reason)
+            return outcome
+        previous = self.stale
+        if previous is None or previous.reason != reason:
+            log.warning("Still serving %s: %s", self.current.version, reason)
+        since = previous.since if previous else datetime.now(UTC).isoformat(timespec="seconds")
+        self.stale = Stale(reason, since, outcome.result)
+        self._metrics.model_stale = True
+        return outcome
+
+    def _fresh(self) -> None:
+        if self.stale is not None:
+            log.info("The model source holds the serving model again; no longer stale.")
+        self.stale = None
+        self._metrics.model_stale = False

@@ -32,6 +32,7 @@ LAG_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 
 BATCH_ROW_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10000)
 UNMATCHED_ROUTE: Final = "unmatched"
 KNOWN_METHODS: Final = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+RELOAD_RESULTS: Final = ("loaded", "unchanged", "failed", "refused")
 
 
 class ApiMetrics:
@@ -68,9 +69,13 @@ class ApiMetrics:
 
     def _init_model_metrics(self, registry: CollectorRegistry) -> None:
         self.model_reloads = Counter(
-            "app_model_reloads", "Model load attempts after start, by outcome.",
-            ("outcome",), registry=registry,
+            "app_model_reloads", "Looks at the model source (start, watcher changes, POST "
+            "/reload), by result: loaded, unchanged, failed or refused (unsafe to load).",
+            ("result",), registry=registry,
         )  # fmt: skip
+        for result in RELOAD_RESULTS:
+            self.model_reloads.labels(result)
+        self.model_stale = False  # a failed load left an older model serving
         self.out_of_range = Counter(
             "app_out_of_range_rows", "Rows served with a feature outside its training range.",
             ("feature",), registry=registry,
@@ -106,7 +111,9 @@ class ApiMetrics:
         """Export what is read at scrape time: this process's model and drift window, and the
         shared log's awaiting predictions and rolling RMSLE."""
         collectors = (
-            StateCollector(lambda: self.current_model, log, window_seconds),
+            StateCollector(
+                lambda: self.current_model, log, window_seconds, stale=lambda: self.model_stale
+            ),
             DriftCollector(drift),
         )
         for collector in collectors:
@@ -224,9 +231,10 @@ class StateCollector(Collector):
 
     def __init__(
         self, model: Callable[[], tuple[str, str, str, str] | None], log: PredictionLog,
-        window_seconds: float,
+        window_seconds: float, *, stale: Callable[[], bool] = lambda: False,
     ) -> None:  # fmt: skip
         self._model = model
+        self._stale = stale
         self._log = log
         self._window = window_seconds
 
@@ -234,12 +242,13 @@ class StateCollector(Collector):
         yield from _state_families()
 
     def collect(self) -> Iterator[Metric]:
-        info, loaded, pending, rolling = _state_families()
+        info, loaded, stale, pending, rolling = _state_families()
         model = self._model()
         loaded.add_metric([], 0 if model is None else 1)
+        stale.add_metric([], 1 if model is not None and self._stale() else 0)
         if model is not None:
             info.add_metric(list(model), 1)
-        yield from (info, loaded)
+        yield from (info, loaded, stale)
         try:
             awaiting = self._log.awaiting()
             total, count = self._log.rolling(self._window)
@@ -257,6 +266,9 @@ def _state_families() -> tuple[GaugeMetricFamily, ...]:
             "none), sha256 prefix, source.", labels=("version", "alias", "sha256", "source"),
         ),
         GaugeMetricFamily("app_model_loaded", "1 when a model is loaded and serving, else 0."),
+        GaugeMetricFamily(
+            "app_model_stale", "1 while a failed or refused load left an older model serving.",
+        ),
         GaugeMetricFamily(
             "app_feedback_pending_predictions",
             "Predictions in the prediction log still awaiting ground truth (every process).",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import asdict
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 import calapi
@@ -15,7 +16,7 @@ from calapi.serving.environment import describe_environment
 from calapi.serving.holder import ModelHolder
 from calapi.serving.responses import documented_errors, json_response
 from calapi.serving.routes.deps import DriftDep, HolderDep, LogDep, SettingsDep
-from calapi.serving.schemas import Health
+from calapi.serving.schemas import Health, ReloadAnswer
 from calapi.serving.settings import ApiSettings
 
 router = APIRouter(tags=["status"])
@@ -29,7 +30,8 @@ SERVING_SETTINGS_SHOWN = {
 @router.get("/healthz", summary="Liveness and model status", response_model=Health,
             responses=documented_errors(503))  # fmt: skip
 async def healthz(holder: HolderDep) -> Response:
-    """200 while a model is serving; 503 with the reason while none is loaded."""
+    """200 while a model is serving (status "stale", with the reason, when a newer one failed
+    to load); 503 with the reason while none is loaded."""
     return _health(holder)
 
 
@@ -65,12 +67,27 @@ async def info(
     }
 
 
-@router.post("/reload", summary="Load the model from its source now", response_model=Health,
-             responses=documented_errors(503))  # fmt: skip
-async def reload(holder: HolderDep) -> Response:
-    """Reload the configured model now (the watcher also does this when files change)."""
-    await holder.refresh(force=True)
-    return _health(holder)
+@router.post("/reload", summary="Load the model from its source now",
+             response_model=ReloadAnswer,
+             responses={**documented_errors(413, 415, 422), 409: {"model": ReloadAnswer},
+                        503: {"model": ReloadAnswer}})  # fmt: skip
+async def reload(
+    holder: HolderDep,
+    force: Annotated[
+        bool, Query(description="Load even when the source holds the model serving now.")
+    ] = False,
+) -> Response:
+    """Load the model when its source changed (the watcher also does this): 200 loaded or
+    unchanged; 409 with the reason when it failed and the previous model still serves, 503
+    when none does. Concurrent requests share one load; a source already tried is loaded
+    again at most once a second."""
+    outcome = await holder.refresh(force=force)
+    health = _health_body(holder)
+    body = ReloadAnswer(**health.model_dump(), result=outcome.result)
+    if not outcome.ok and outcome.reason is not None:
+        body.reason = outcome.reason
+    status = 200 if outcome.ok else 409 if holder.current is not None else 503
+    return json_response(body.model_dump(exclude_none=True), status)
 
 
 def describe_model(holder: ModelHolder) -> dict[str, Any]:
@@ -79,8 +96,10 @@ def describe_model(holder: ModelHolder) -> dict[str, Any]:
     if model is None:
         return {"loaded": False, "source": holder.source.description, "reason": holder.problem}
     card = model.card or {}
+    stale = holder.stale
     return {
         "loaded": True,
+        "stale": None if stale is None else asdict(stale),
         "source": model.source,
         "version": model.version,
         "alias": model.alias,
@@ -112,9 +131,15 @@ def describe_drift(drift: DriftMonitor) -> dict[str, Any] | None:
 
 
 def _health(holder: ModelHolder) -> Response:
-    model = holder.current
+    body = _health_body(holder)
+    return json_response(body.model_dump(exclude_none=True), 200 if body.model_loaded else 503)
+
+
+def _health_body(holder: ModelHolder) -> Health:
+    model, stale = holder.current, holder.stale
     if model is None:
-        body = Health(status="unavailable", model_loaded=False, reason=holder.problem)
-        return json_response(body.model_dump(exclude_none=True), 503)
-    body = Health(status="ok", model_loaded=True, model_version=model.version)
-    return json_response(body.model_dump(exclude_none=True))
+        return Health(status="unavailable", model_loaded=False, reason=holder.problem)
+    if stale is None:
+        return Health(status="ok", model_loaded=True, model_version=model.version)
+    return Health(status="stale", model_loaded=True, model_version=model.version,
+                  reason=stale.reason, stale_since=stale.since)  # fmt: skip
