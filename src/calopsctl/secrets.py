@@ -13,6 +13,24 @@ if TYPE_CHECKING:
 GRAFANA_ADMIN_USER = "admin"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, whatever mode an older file had.
+
+    Written to a 0600 temporary beside it and renamed over it: never a moment when the secret
+    sits in a file others can read, and a wider mode left by an older version goes with it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def password_file(home: Path) -> Path:
     return home / "secrets" / "grafana_admin_password"
 
@@ -31,14 +49,13 @@ def stored_password(settings: CliSettings) -> str | None:
     if settings.grafana_admin_password is not None:
         return settings.grafana_admin_password.get_secret_value()
     path = password_file(settings.home)
-    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    if not path.is_file():
+        return None
+    path.chmod(0o600)  # a file an older calops (or a hand) left readable to others
+    return path.read_text(encoding="utf-8").strip()
 
 
 def _store_new(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     value = secrets.token_urlsafe(18)
-    # O_EXCL + mode at creation: the file is never readable by others, not even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")
+    write_private(path, value + "\n")
     return value

@@ -23,6 +23,8 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus is not installed"),
 ]
+# In the environment of `calops up`: a secret no service needs, and a setting for the API.
+SENTINEL = {"AWS_SECRET_ACCESS_KEY": "sentinel-secret-7f3a", "CALOPS_SENTINEL_SETTING": "kept"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("stack")
     small_config(folder)
     ports = {name: free_port() for name in NAMES}
-    handle = Stack(folder, stack_env(), ports, up=subprocess.CompletedProcess([], 0, "", ""))
+    env = {**stack_env(), **SENTINEL}
+    handle = Stack(folder, env, ports, up=subprocess.CompletedProcess([], 0, "", ""))
     try:
         handle.up = handle.calops("up", "--runtime", "local", *port_options(ports), "--json")
         yield handle
@@ -53,6 +56,28 @@ def test_up_starts_every_installed_service(stack: Stack) -> None:
         assert rows[service]["url"] == f"http://127.0.0.1:{stack.ports[service]}"
     if shutil.which("grafana-server") is None and shutil.which("grafana") is None:
         assert rows["grafana"]["status"].startswith("absent: grafana-server is not installed")
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """A running process's environment, as the kernel keeps it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.partition("=")[::2] for item in raw.split("\0") if item)
+
+
+def test_services_never_see_the_callers_unrelated_secrets(stack: Stack) -> None:
+    """Each started process has PATH and its own settings, never the caller's other secrets."""
+    pids = stack.pids()
+    assert {"mlflow", "prometheus"} <= set(pids)
+    for name, pid in pids.items():
+        env = environ_of(pid)
+        assert "AWS_SECRET_ACCESS_KEY" not in env, name
+        assert "sentinel-secret-7f3a" not in env.values(), name
+        assert env["PATH"], name
+        expected = name.startswith("api")
+        assert ("CALOPS_SENTINEL_SETTING" in env) is expected, name
+    api = environ_of(pids["api-1"])
+    assert api["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{stack.ports['mlflow']}"
+    assert api["CALOPS_MODEL"]
 
 
 def test_health_passes_with_prometheus_scraping_the_api(stack: Stack) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +37,7 @@ def _container(
     number: int = 1,
     status: str | None = None,
     networks: dict[str, str] | None = None,
+    exit_code: int = 1,
 ) -> Any:
     labels = {
         "com.docker.compose.service": service,
@@ -49,6 +51,7 @@ def _container(
             running=running,
             status=status or ("running" if running else "exited"),
             health=SimpleNamespace(status=health) if health else None,
+            exit_code=0 if running else exit_code,
         ),
         network_settings=SimpleNamespace(networks=addresses),
     )
@@ -161,6 +164,18 @@ def test_env_file_holds_ports_password_artifacts_and_is_private(tmp_path: Path) 
     assert stat.S_IMODE(runtime.env_file.stat().st_mode) == 0o600
 
 
+def test_an_env_file_left_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    """compose.env from an older calops, mode 0644: the next write leaves it 0600, no copy."""
+    runtime, _ = _runtime(tmp_path, FakeCompose(ALL))
+    runtime.env_file.parent.mkdir(parents=True, exist_ok=True)
+    runtime.env_file.write_text("GRAFANA_ADMIN_PASSWORD=old\n")
+    runtime.env_file.chmod(0o644)
+    runtime.availability(_spec(tmp_path))
+    assert stat.S_IMODE(runtime.env_file.stat().st_mode) == 0o600
+    assert "GRAFANA_ADMIN_PASSWORD=s3cret-pw" in runtime.env_file.read_text()
+    assert [p.name for p in runtime.env_file.parent.iterdir()] == ["compose.env"]
+
+
 def test_compose_file_reads_the_port_variables_of_the_services_table() -> None:
     """stack/compose.yaml publishes each service on the variable the services table names."""
     text = (paths.stack_dir() / "compose.yaml").read_text()
@@ -173,6 +188,15 @@ def test_model_reference_passes_only_registry_uris(tmp_path: Path) -> None:
     assert "CALOPS_MODEL" not in compose_env(_spec(tmp_path))
     registry = compose_env(_spec(tmp_path, "models:/calories@champion"))
     assert registry["CALOPS_MODEL"] == "models:/calories@champion"
+
+
+def test_allow_pickle_is_passed_to_compose(tmp_path: Path) -> None:
+    """compose.yaml's api reads CALOPS_ALLOW_PICKLE, which is true only with --allow-pickle."""
+    assert compose_env(_spec(tmp_path))["CALOPS_ALLOW_PICKLE"] == "false"
+    allowed = compose_env(replace(_spec(tmp_path), allow_pickle=True))
+    assert allowed["CALOPS_ALLOW_PICKLE"] == "true"
+    text = (paths.stack_dir() / "compose.yaml").read_text()
+    assert "CALOPS_ALLOW_PICKLE: ${CALOPS_ALLOW_PICKLE:-false}" in text
 
 
 def test_service_disabled_by_override_is_absent_not_fatal(tmp_path: Path) -> None:
@@ -231,6 +255,16 @@ def test_unhealthy_service_is_named_with_its_log_tail(tmp_path: Path) -> None:
     assert "line two" in str(caught.value)
     logs_call = [kw for name, kw in compose.calls if name == "logs"][-1]
     assert logs_call["services"] == ["api"]
+
+
+def test_a_one_shot_service_that_exited_0_is_not_the_failure(tmp_path: Path) -> None:
+    """mlflow-volume exits 0 before mlflow starts: a failed `up` names the service that failed."""
+    chown = _container("mlflow-volume", running=False, health=None, exit_code=0)
+    compose = FakeCompose(ALL, containers=[chown, _container("api", health="unhealthy")])
+    compose.up_error = DockerException(["docker", "compose", "up"], 1, b"", b"dependency failed")
+    runtime, _ = _runtime(tmp_path, compose)
+    with pytest.raises(CalopsError, match="Service api did not become healthy"):
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ALL)
 
 
 def test_build_without_checkout_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

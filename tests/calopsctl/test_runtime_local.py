@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,14 @@ def test_api_plan_serves_the_model_with_the_stack_tracking_uri(
     assert plan.env["CALOPS_PREDICTION_LOG"] == str(tmp_path / "predictions.db")
     assert plan.env["CALOPS_MODEL"] == str(tmp_path / "artifacts")
     assert plan.env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:15001"
+    assert plan.env["CALOPS_ALLOW_PICKLE"] == "false"
+
+
+def test_allow_pickle_reaches_every_api_replica(tmp_path: Path) -> None:
+    """`calops up --allow-pickle` sets CALOPS_ALLOW_PICKLE=true for each API process."""
+    spec = replace(_spec(tmp_path, replicas=3), allow_pickle=True)
+    plans = LocalRuntime(tmp_path).plans(spec, ["api"], OWN_PORTS)
+    assert [plan.env["CALOPS_ALLOW_PICKLE"] for plan in plans] == ["true"] * 3
 
 
 def test_api_plans_for_three_replicas_share_the_port_and_the_log(tmp_path: Path) -> None:
@@ -138,6 +147,54 @@ def test_mlflow_plan_uses_sqlite_and_serves_artifacts(tmp_path: Path) -> None:
     assert "--serve-artifacts" in argv
     assert argv[argv.index("--artifacts-destination") + 1] == str(tmp_path / "mlflow" / "artifacts")
     assert argv[argv.index("--port") + 1] == "15001"
+
+
+def test_mlflow_answers_only_loopback_host_names(tmp_path: Path) -> None:
+    """MLflow has no login: it binds 127.0.0.1 and refuses other Host headers (DNS rebinding)."""
+    argv = LocalRuntime(tmp_path).plans(_spec(tmp_path), ["mlflow"])[0].argv
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    allowed = argv[argv.index("--allowed-hosts") + 1].split(",")
+    assert set(allowed) == {"localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"}
+
+
+def test_each_service_gets_only_the_environment_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unrelated secrets stay with the caller; PATH, locale, proxies and each service's own
+    settings (CALOPS_*/MLFLOW_* for the API, MLFLOW_* for MLflow, GF_* for Grafana) pass."""
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s1", "GRAFANA_ADMIN_PASSWORD": "s2", "GITHUB_TOKEN": "s3"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    for name in ("CALOPS_ALLOW_PICKLE", "MLFLOW_TRACKING_TOKEN", "GF_LOG_LEVEL", "LC_ALL"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    which = _which({"prometheus": "/usr/bin/prometheus", "grafana-server": "/usr/sbin/grafana"})
+    runtime = LocalRuntime(tmp_path, which=which)
+    plans = runtime.plans(_spec(tmp_path), ["mlflow", "api", "prometheus", "grafana"])
+    envs = {plan.service: plan.env for plan in plans}
+    assert set(envs) == {"mlflow", "api", "prometheus", "grafana"}
+    for service, env in envs.items():
+        assert not set(secrets) & set(env), service
+        assert env["PATH"] == os.environ["PATH"], service
+        assert (env["HTTPS_PROXY"], env["LC_ALL"]) == ("http://proxy:3128", "x"), service
+    assert {"CALOPS_ALLOW_PICKLE", "MLFLOW_TRACKING_TOKEN"} <= set(envs["api"])
+    assert "GF_LOG_LEVEL" not in envs["api"]
+    assert "MLFLOW_TRACKING_TOKEN" in envs["mlflow"]
+    assert "CALOPS_ALLOW_PICKLE" not in envs["mlflow"]
+    assert not any(name.startswith(("CALOPS_", "MLFLOW_", "GF_")) for name in envs["prometheus"])
+    assert envs["grafana"]["GF_LOG_LEVEL"] == "x"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in envs["api"]
+
+
+def test_child_env_keeps_common_variables_and_the_prefixes_asked_for() -> None:
+    """child_env is an allow-list: common names, LC_*, the given prefixes, minus ``deny``."""
+    caller = {"PATH": "/bin", "LC_TIME": "C", "CALOPS_A": "1", "AWS_KEY": "k", "TZ": "UTC"}
+    assert processes.child_env(environ=caller) == {"PATH": "/bin", "LC_TIME": "C", "TZ": "UTC"}
+    assert processes.child_env(("CALOPS_",), deny=["TZ"], environ=caller) == {
+        "PATH": "/bin",
+        "LC_TIME": "C",
+        "CALOPS_A": "1",
+    }
 
 
 def test_prometheus_config_scrapes_the_local_api(tmp_path: Path) -> None:

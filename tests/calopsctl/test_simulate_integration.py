@@ -127,11 +127,11 @@ def wait_for_predictions(url: str, at_least: float, seconds: float = 30.0) -> No
     raise AssertionError(f"fewer than {at_least} predictions reached {url} in {seconds}s")
 
 
-def test_api_killed_mid_run_is_counted_and_the_run_finishes(fresh_api: Any, tmp_path: Path) -> None:
-    """Killing the API mid-run: the run goes on, counts connection errors and reports them."""
+def test_api_killed_mid_run_stops_the_run_with_one_sentence(fresh_api: Any, tmp_path: Path) -> None:
+    """Killing the API mid-run: sending stops within the window, one sentence, exit code 1."""
     url, api = fresh_api
     argv = [
-        CALOPS, "simulate", "--url", url, "--rps", "50", "--duration", "5",
+        CALOPS, "simulate", "--url", url, "--rps", "50", "--duration", "60",
         "--feedback-delay", "0.3", "--timeout", "2", "--json",
     ]  # fmt: skip
     with subprocess.Popen(
@@ -139,13 +139,23 @@ def test_api_killed_mid_run_is_counted_and_the_run_finishes(fresh_api: Any, tmp_
     ) as run:
         wait_for_predictions(url, 40)
         stop(api)
+        killed = time.monotonic()
         out, err = run.communicate(timeout=60)
-    assert run.returncode == 0, err
+        after_kill = time.monotonic() - killed
+    assert run.returncode == 1, err
     summary = json.loads(out)
+    sentence = (
+        f"The API at {url} stopped answering after {summary['ok']} predictions "
+        "(connection refused for 3s); check it with `calops health`"
+    )
+    assert sentence in err
+    assert "Traceback" not in err
+    assert after_kill < 10.0
+    assert summary["api_gone"] == "connection refused"
     assert summary["ok"] >= 40
     assert summary["connection_errors"] > 0
-    assert summary["sent"] == summary["planned"] == 250
-    assert summary["ok"] + summary["errors"] == summary["sent"]
+    assert summary["sent"] < summary["planned"] == 3000
+    assert summary["ok"] + summary["errors"] + summary["abandoned"] == summary["sent"]
 
 
 def test_api_down_at_start_is_one_sentence_and_exit_1(tmp_path: Path) -> None:

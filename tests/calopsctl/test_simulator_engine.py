@@ -16,6 +16,7 @@ import pytest
 from calapi.errors import CalopsError
 from calapi.model.features import NUMERIC_FEATURES
 from calopsctl.simulator.drift import physiology
+from calopsctl.simulator.outage import Outage
 from calopsctl.simulator.run import simulate
 from calopsctl.simulator.settings import DriftKind, SimulationSettings
 from calopsctl.simulator.transport import (
@@ -178,38 +179,94 @@ def test_server_errors_are_counted_and_get_no_feedback() -> None:
 
 
 class DyingTransport:
-    """Wraps a transport and refuses every connection after ``alive`` predictions."""
+    """Wraps a transport and refuses every connection after ``alive`` predictions.
 
-    def __init__(self, inner: Transport, alive: int) -> None:
+    With ``down_for``, connections are refused only for that many predictions, then answered
+    again (a process restarting).
+    """
+
+    def __init__(self, inner: Transport, alive: int, down_for: int | None = None) -> None:
         self.inner = inner
+        self.predictions = 0
         self.alive = alive
+        self.down_for = down_for
 
     async def get(self, path: str) -> Reply:
         return await self.inner.get(path)
 
     async def post(self, path: str, body: bytes) -> Reply:
-        if path == "/predict":
-            self.alive -= 1
-        if self.alive < 0:
-            raise ConnectionFailedError("connection refused")
+        self.predictions += path == "/predict"
+        if self.down():
+            raise ConnectionFailedError("[Errno 111] refused", reason="connection refused")
         return await self.inner.post(path, body)
+
+    def down(self) -> bool:
+        past = self.predictions - self.alive
+        return past > 0 and (self.down_for is None or past <= self.down_for)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
 
 
-def test_api_dying_mid_run_is_counted_and_the_run_goes_on() -> None:
-    """When connections start failing mid-run, the rest are counted as connection errors."""
-    app = FakeApi()
-
+def dying(app: FakeApi, alive: int, down_for: int | None = None) -> Callable[..., Transport]:
     def factory(s: SimulationSettings) -> Transport:
-        return DyingTransport(over(app)(s), alive=15)
+        return DyingTransport(over(app)(s), alive=alive, down_for=down_for)
 
-    report = simulate(settings(), view=QuietView(), transport=factory)
+    return factory
+
+
+def test_failures_shorter_than_the_window_are_counted_and_the_run_goes_on() -> None:
+    """Connections failing for less than the window (here 0.06 s of 3 s) are counted, no more."""
+    report = simulate(settings(), view=QuietView(), transport=dying(FakeApi(), alive=15))
     assert report["sent"] == 40
     assert report["ok"] == 15
     assert report["connection_errors"] == 25
+    assert report["api_gone"] is None
     assert report["feedback"]["errors"] + report["feedback"]["ok"] == report["feedback"]["sent"]
+
+
+def test_api_gone_for_the_whole_window_stops_the_run() -> None:
+    """Refused for longer than the window with no answer: sending stops and the report says why."""
+    s = settings(count=4000, rps=200.0, gone_after=0.3)
+    report = simulate(s, view=QuietView(), transport=dying(FakeApi(), alive=20))
+    assert report["api_gone"] == "connection refused"
+    assert not report["interrupted"]
+    assert report["ok"] == 20
+    assert report["sent"] < 200  # 0.1 s alive + 0.3 s window at 200/s, far from 4000
+    assert report["elapsed_s"] < 5.0
+
+
+def test_a_blip_shorter_than_the_window_does_not_stop_the_run() -> None:
+    """A restart refusing connections for 0.1 s, then answering again: the run goes to its end."""
+    s = settings(count=200, rps=200.0, gone_after=0.5)
+    report = simulate(s, view=QuietView(), transport=dying(FakeApi(), alive=20, down_for=20))
+    assert report["api_gone"] is None
+    assert report["sent"] == 200
+    assert 0 < report["connection_errors"] <= 20
+    assert report["ok"] == 200 - report["connection_errors"]
+
+
+def test_http_errors_never_count_as_the_api_gone() -> None:
+    """Every answer a 503 for longer than the window: counted as 5xx, the run is not stopped."""
+    report = run(FakeApi(status=503), count=100, rps=200.0, gone_after=0.1)
+    assert report["api_gone"] is None
+    assert (report["sent"], report["status_5xx"]) == (100, 100)
+
+
+def test_outage_needs_the_whole_window_and_resets_on_any_answer() -> None:
+    """Failures count toward 'gone' only while no HTTP answer comes between them."""
+    outage = Outage(window=3.0, min_failures=3)
+    assert not outage.failed(10.0, "connection refused")
+    assert not outage.failed(12.0, "connection refused")
+    outage.answered()
+    assert not outage.failed(13.5, "connection reset")
+    assert not outage.failed(16.0, "connection reset")
+    assert outage.failed(16.5, "connection reset")
+    assert outage.reason == "connection reset"
+    slow = Outage(window=1.0, min_failures=3)
+    assert not slow.failed(0.0, "x")
+    assert not slow.failed(5.0, "x")
+    assert slow.failed(6.0, "x")
 
 
 def test_in_flight_bound_holds_and_late_requests_are_counted() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from calopsctl.simulator.http1 import Http1Transport
-from calopsctl.simulator.transport import ConnectionFailedError, TimedOutError
+from calopsctl.simulator.transport import ConnectionFailedError, HttpxTransport, TimedOutError
 from support import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -117,8 +117,9 @@ def test_refused_and_silent_servers_raise_the_transport_errors() -> None:
 
     async def refused() -> None:
         client = Http1Transport(f"http://127.0.0.1:{free_port()}", connections=1, timeout=2)
-        with pytest.raises(ConnectionFailedError):
+        with pytest.raises(ConnectionFailedError) as failure:
             await client.get("/healthz")
+        assert failure.value.reason == "connection refused"
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -158,3 +159,16 @@ def test_only_plain_http_is_accepted() -> None:
     """https URLs are refused (the simulator hands them to httpx instead)."""
     with pytest.raises(ValueError, match="plain http"):
         Http1Transport("https://example.org", connections=1, timeout=1)
+
+
+def test_httpx_transport_names_a_refused_connection() -> None:
+    """The https path (httpx) gives the same short reason as the lean client for a refusal."""
+
+    async def refused() -> None:
+        client = HttpxTransport(f"http://127.0.0.1:{free_port()}", connections=1, timeout=2)
+        with pytest.raises(ConnectionFailedError) as failure:
+            await client.post("/predict", b"{}")
+        assert failure.value.reason == "connection refused"
+        await client.aclose()
+
+    asyncio.run(refused())

@@ -221,6 +221,7 @@ def test_summary_lines_name_every_count() -> None:
         run={
             "url": "http://x",
             "interrupted": False,
+            "api_gone": None,
             "elapsed_s": 0.3,
             "rows_source": "synthetic",
             "drift": "none",
@@ -234,3 +235,8 @@ def test_summary_lines_name_every_count() -> None:
     assert "4xx 0, 5xx 1, connection 1" in text
     assert "rate: 10.0/s (target 10/s)" in text
     assert report["errors"] == 2
+    assert "run: done after 0.3s" in text
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(console, {**report, "api_gone": "connection refused"})
+    gone = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "run: stopped (the API went away) after 0.3s" in gone

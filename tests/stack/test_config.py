@@ -28,7 +28,19 @@ from stacktools import (
 )
 
 ALERTS_TEST = Path(__file__).with_name("alerts_test.yml")
-SERVICES = {"api", "gateway", "redis", "prometheus", "grafana", "mlflow"}
+SERVICES = {"api", "gateway", "redis", "prometheus", "grafana", "mlflow", "mlflow-volume"}
+# Runs once and exits before mlflow starts: no healthcheck, no port.
+ONE_SHOT = {"mlflow-volume"}
+# The uid:gid each service runs as: its image's own user (the offline images use the same ids).
+USERS = {
+    "api": "10001:10001",
+    "gateway": "99:99",
+    "redis": "999:1000",
+    "prometheus": "65534:65534",
+    "grafana": "472:472",
+    "mlflow": "10001:10001",
+    "mlflow-volume": "0:0",
+}
 GATEWAY_CONFIG = STACK / "gateway" / "haproxy.cfg"
 STACK_ENV = {
     "HOST_PORT": "8010",
@@ -83,7 +95,7 @@ def test_promtool_accepts_prometheus_config() -> None:
 
 
 def test_promtool_accepts_alert_rules() -> None:
-    """`promtool check rules` accepts the alert rules and finds all four alerts."""
+    """`promtool check rules` accepts the alert rules and finds every alert."""
     result = subprocess.run(
         [promtool(), "check", "rules", str(ALERT_RULES)],
         capture_output=True,
@@ -91,7 +103,7 @@ def test_promtool_accepts_alert_rules() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 rules found" in result.stdout
+    assert "7 rules found" in result.stdout
 
 
 def test_alerts_fire_on_the_conditions_they_name() -> None:
@@ -118,7 +130,7 @@ def test_every_stack_file_parses() -> None:
     """Every YAML and JSON file under stack/ parses."""
     for path in STACK.rglob("*"):
         if path.suffix in {".yml", ".yaml"}:
-            assert yaml.safe_load(path.read_text()) is not None, path
+            assert all(doc is not None for doc in yaml.safe_load_all(path.read_text())), path
         elif path.suffix == ".json":
             assert json.loads(path.read_text()), path
 
@@ -154,7 +166,7 @@ def test_dashboard_has_the_seed_panels() -> None:
 
 
 def test_compose_config_is_valid(model: dict[str, Any]) -> None:
-    """`docker compose config` accepts the file; project `calops` has the four services."""
+    """`docker compose config` accepts the file; project `calops` has the stack's services."""
     assert model["name"] == "calops"
     assert set(model["services"]) == SERVICES
 
@@ -180,6 +192,7 @@ def test_ports_are_loopback_only_and_configurable(model: dict[str, Any]) -> None
         "prometheus": [("127.0.0.1", "9091", 9090)],
         "grafana": [("127.0.0.1", "3001", 3000)],
         "mlflow": [("127.0.0.1", "5001", 5000)],
+        "mlflow-volume": [],
     }
 
 
@@ -189,7 +202,8 @@ def test_images_are_pinned_and_services_checked(model: dict[str, Any]) -> None:
         tag = service["image"].rsplit(":", 1)
         assert len(tag) == 2, name
         assert tag[1] != "latest", name
-        assert service["healthcheck"]["test"][0] == "CMD", name
+        if name not in ONE_SHOT:
+            assert service["healthcheck"]["test"][0] == "CMD", name
 
 
 def test_start_order_waits_for_health(model: dict[str, Any]) -> None:
@@ -200,7 +214,8 @@ def test_start_order_waits_for_health(model: dict[str, Any]) -> None:
         for name, service in model["services"].items()
     }
     assert order == {
-        "mlflow": {},
+        "mlflow-volume": {},
+        "mlflow": {"mlflow-volume": "service_completed_successfully"},
         "redis": {},
         "api": {"mlflow": "service_healthy", "redis": "service_healthy"},
         "gateway": {"api": "service_healthy"},
@@ -231,6 +246,67 @@ def test_mlflow_serves_artifacts_to_host_and_api(model: dict[str, Any]) -> None:
     assert model["services"]["api"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
+@pytest.mark.parametrize("offline", [False, True], ids=["official", "offline"])
+def test_every_service_runs_with_least_privilege(compose: list[str], offline: bool) -> None:
+    """No capability, no privilege gain, a read-only root and its image's non-root user, for
+    every service; the one root process is the volume's one-shot chown, with two capabilities
+    and no network."""
+    files = (COMPOSE_FILE, OFFLINE_FILE) if offline else (COMPOSE_FILE,)
+    services = run_config(compose, STACK_ENV, *files)["services"]
+    for name, service in services.items():
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+        assert service["read_only"] is True, name
+        assert service["user"] == USERS[name], name
+    chown = services["mlflow-volume"]
+    assert (chown["cap_add"], chown["network_mode"]) == (["CHOWN", "DAC_READ_SEARCH"], "none")
+    assert [v["source"] for v in chown["volumes"]] == ["mlflow-data"]
+    assert all("cap_add" not in s for n, s in services.items() if n != "mlflow-volume")
+
+
+def test_services_write_only_to_volumes_and_tmpfs(model: dict[str, Any]) -> None:
+    """With a read-only root, each service's scratch paths are tmpfs and its data a volume."""
+    services = model["services"]
+    tmpfs = {name: service.get("tmpfs", []) for name, service in services.items()}
+    assert tmpfs == {
+        "api": ["/tmp"],
+        "gateway": [],
+        "redis": [],
+        "prometheus": [],
+        "grafana": ["/tmp", "/var/log/grafana"],
+        "mlflow": ["/tmp"],
+        "mlflow-volume": [],
+    }
+    assert services["mlflow"]["environment"]["HOME"] == "/tmp"
+    data = {
+        name: [v["target"] for v in service.get("volumes", []) if v["type"] == "volume"]
+        for name, service in services.items()
+    }
+    assert data == {
+        "api": [],
+        "gateway": [],
+        "redis": ["/data"],
+        "prometheus": ["/prometheus"],
+        "grafana": ["/var/lib/grafana"],
+        "mlflow": ["/mlflow"],
+        "mlflow-volume": ["/mlflow"],
+    }
+
+
+def test_offline_images_have_the_users_compose_names() -> None:
+    """The offline Dockerfiles give their users the official images' ids, which compose names."""
+    dockerfiles = {
+        "redis": ("groupmod --gid 1000 redis", "usermod --uid 999 --gid 1000 redis", "USER redis"),
+        "haproxy": ("groupmod --gid 99 haproxy", "usermod --uid 99 --gid 99 haproxy"),
+        "mlflow": ("--gid 10001 mlflow", "--uid 10001 --gid mlflow", "USER mlflow"),
+        "prometheus": ("chown 65534:65534 /prometheus", "USER 65534"),
+    }
+    for name, fragments in dockerfiles.items():
+        text = (STACK / "offline" / f"{name}.Dockerfile").read_text()
+        for fragment in fragments:
+            assert fragment in text, name
+
+
 def test_offline_override_swaps_images_and_leaves_grafana_out(compose: list[str]) -> None:
     """With compose.offline.yaml the images are the local builds and grafana is not started."""
     offline = run_config(compose, STACK_ENV, COMPOSE_FILE, OFFLINE_FILE)
@@ -241,6 +317,7 @@ def test_offline_override_swaps_images_and_leaves_grafana_out(compose: list[str]
         "redis": "calops-offline/redis:7",
         "prometheus": "calops-offline/prometheus:2",
         "mlflow": "calops-offline/mlflow:3.17.2",
+        "mlflow-volume": "calops-offline/mlflow:3.17.2",
     }
     for name in ("gateway", "redis"):
         assert offline["services"][name]["build"]["context"] == str(STACK / "offline"), name

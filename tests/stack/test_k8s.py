@@ -238,6 +238,37 @@ def test_every_container_has_probes_limits_and_a_locked_down_security_context(
     assert problems == []
 
 
+def test_network_policies_let_only_the_api_reach_mlflow_and_redis(
+    manifests: list[Manifest],
+) -> None:
+    """Ingress is denied by default; MLflow (no login: it moves the served alias) and Redis
+    take only the API's pods, Prometheus only Grafana's; the API and Grafana are open."""
+    policies = {m["metadata"]["name"]: m["spec"] for m in manifests if m["kind"] == "NetworkPolicy"}
+    assert policies.pop("default-deny-ingress") == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    reach: dict[str, tuple[str | None, int]] = {}
+    for spec in policies.values():
+        target = spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        (rule,) = spec["ingress"]
+        sources = [
+            s["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for s in rule.get("from", [])
+        ]
+        (port,) = rule["ports"]
+        reach[target] = (sources[0] if sources else None, port["port"])
+        assert len(sources) <= 1, target
+    assert reach == {
+        "mlflow": ("api", 5000),
+        "redis": ("api", 6379),
+        "prometheus": ("grafana", 9090),
+        "api": (None, 8000),
+        "grafana": (None, 3000),
+    }
+    labels = {
+        spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+        for spec in (m["spec"] for m in manifests if m["kind"] in WORKLOADS)
+    }
+    assert labels == set(reach)
+
+
 def test_every_image_is_pinned(manifests: list[Manifest]) -> None:
     """Every image names a tag (or digest), never `latest`."""
     for workload, pod in pod_specs(manifests):
@@ -272,8 +303,10 @@ def test_images_commands_environment_and_ports_are_compose_s(
 
     api_env = env(specs["api"])
     for key, value in services["api"]["environment"].items():
-        if key != "CALOPS_MODEL":  # compose's is ${CALOPS_MODEL:-/models}: `calops up` sets it
+        # compose's ${CALOPS_MODEL:-/models}, ${CALOPS_ALLOW_PICKLE:-false}: `calops up` sets them
+        if key not in {"CALOPS_MODEL", "CALOPS_ALLOW_PICKLE"}:
             assert api_env[key] == value, key
+    assert api_env["CALOPS_ALLOW_PICKLE"] == "false"
     model = yaml.safe_load((STACK.parent / "config.yaml").read_text())["model"]
     assert api_env["CALOPS_MODEL"] == f"models:/{model['name']}@{model['alias']}"
 
@@ -354,7 +387,7 @@ def test_promtool_accepts_the_rendered_prometheus_config_and_rules(
     )  # fmt: skip
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert "2 rules found" in rules.stdout
-    assert "6 rules found" in rules.stdout
+    assert "7 rules found" in rules.stdout
 
 
 def test_rules_and_grafana_files_are_the_stack_files_byte_for_byte(

@@ -24,6 +24,7 @@ from typing import Any, Final
 from calapi.errors import CalopsError
 from calopsctl.paths import source_root, stack_dir
 from calopsctl.runtime.base import Availability, Replica, Runtime, SaveState, StackSpec
+from calopsctl.secrets import write_private
 from calopsctl.services import API, NAMES, SERVICES
 from calopsctl.state import StackState
 
@@ -69,6 +70,7 @@ def compose_env(spec: StackSpec) -> dict[str, str]:
     env["GRAFANA_ADMIN_PASSWORD"] = spec.grafana_password
     env["CALOPS_ARTIFACTS"] = str(spec.artifacts)
     env["API_REPLICAS"] = str(spec.replicas)
+    env["CALOPS_ALLOW_PICKLE"] = str(spec.allow_pickle).lower()
     # A host folder means nothing inside the container: compose.yaml mounts the artifacts
     # folder and points the API at it; only a registry reference is passed through.
     if spec.model.startswith("models:/"):
@@ -235,12 +237,8 @@ class DockerRuntime(Runtime):
             raise CalopsError(f"Docker Compose could not {doing}: {last}") from None
 
     def _write_env(self, spec: StackSpec) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
         lines = "".join(f"{key}={value}\n" for key, value in compose_env(spec).items())
-        # The file holds the Grafana password: created 0600 before anything is written.
-        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(lines)
+        write_private(self.env_file, lines)  # it holds the Grafana password
 
     def _failure(self, state: StackState, exc: Exception) -> str:
         """Which service failed to become healthy, with the end of its log."""
@@ -263,6 +261,8 @@ class DockerRuntime(Runtime):
         found = []
         for container in containers:
             status = _container_status(container)
+            if _finished(container):
+                continue
             if status not in ("running", "healthy"):
                 found.append((_service_of(container), status))
         # A service that failed first, before those left waiting for it ("created").
@@ -341,6 +341,12 @@ def _number(container: Any) -> int:
 def _service_of(container: Any) -> str:
     labels = container.config.labels or {}
     return str(labels.get(SERVICE_LABEL, container.name))
+
+
+def _finished(container: Any) -> bool:
+    """A one-shot service (mlflow-volume) that exited 0 did its job; it did not fail."""
+    state = container.state
+    return not state.running and getattr(state, "exit_code", None) == 0
 
 
 def _container_status(container: Any) -> str:

@@ -13,7 +13,6 @@ own, which Prometheus scrapes and health checks; they share one prediction log
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import sys
@@ -36,6 +35,12 @@ GRAFANA_HOMES = (Path("/usr/share/grafana"), Path("/opt/grafana"))
 PREDICTION_LOG: Final = "predictions.db"  # under home; SQLite adds -wal and -shm beside it
 REPLICA_PORTS: Final = "replica_ports"  # state.extra: replica name -> the port it alone serves
 API_ARGV: Final = (sys.executable, "-m", "calapi.serving")  # settings from CALOPS_* variables
+# The caller's variables each service reads besides processes.COMMON_VARIABLES: its own settings.
+API_VARIABLES: Final = ("CALOPS_", "MLFLOW_", "PYTHON")
+MLFLOW_VARIABLES: Final = ("MLFLOW_", "PYTHON")
+GRAFANA_VARIABLES: Final = ("GF_",)
+# MLflow has no login: it answers only on loopback, and only to these Host headers (DNS rebinding).
+MLFLOW_ALLOWED_HOSTS: Final = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"
 
 
 @dataclass(frozen=True)
@@ -220,8 +225,9 @@ class LocalRuntime(Runtime):
         there are several (a single replica's own port is the API port)."""
         port = spec.ports[API.name]
         shared = {
-            **os.environ,
+            **processes.child_env(API_VARIABLES),
             "CALOPS_MODEL": spec.model,
+            "CALOPS_ALLOW_PICKLE": str(spec.allow_pickle).lower(),
             "MLFLOW_TRACKING_URI": spec.url("mlflow"),
             "CALOPS_HOST": LOOPBACK,
             "CALOPS_PORT": str(port),
@@ -247,8 +253,10 @@ class LocalRuntime(Runtime):
         argv += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
         # Artifacts go through the server (HTTP), so clients never write into its folders.
         argv += ["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
+        argv += ["--allowed-hosts", MLFLOW_ALLOWED_HOSTS]
         # The server's job-queue workers (several extra processes) serve no purpose here.
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = processes.child_env(MLFLOW_VARIABLES)
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         return [ServicePlan("mlflow", argv, env, "mlflow")]
 
     def _prometheus(
@@ -265,7 +273,7 @@ class LocalRuntime(Runtime):
         argv = [str(self._binary("prometheus")), f"--config.file={config}"]
         argv += [f"--storage.tsdb.path={root / 'data'}"]
         argv += [f"--web.listen-address={LOOPBACK}:{spec.ports['prometheus']}"]
-        return [ServicePlan("prometheus", argv, dict(os.environ), "prometheus")]
+        return [ServicePlan("prometheus", argv, processes.child_env(), "prometheus")]
 
     def _grafana(
         self, spec: StackSpec, services: list[str], replica_ports: dict[str, int]
@@ -277,7 +285,7 @@ class LocalRuntime(Runtime):
         binary = str(self._binary("grafana"))
         argv = [binary] + (["server"] if Path(binary).name == "grafana" else [])
         argv += ["--homepath", str(_grafana_home(Path(binary)))]
-        env = {**os.environ, **_grafana_env(spec, root, provisioning)}
+        env = {**processes.child_env(GRAFANA_VARIABLES), **_grafana_env(spec, root, provisioning)}
         return [ServicePlan("grafana", argv, env, "grafana")]
 
 

@@ -16,6 +16,18 @@ from typing import Final
 
 # /proc/<pid>/stat after the command name: state, ppid, pgrp, session, ... (0-based)
 SESSION: Final = 3
+# What every process inherits from the caller: where programs and home are, language and time
+# zone, and how to reach the network (proxies, the CAs an intercepting proxy needs). Nothing
+# else: a service never sees the caller's unrelated secrets (AWS_*, GRAFANA_ADMIN_PASSWORD...).
+COMMON_VARIABLES: Final = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+        "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    }
+)  # fmt: skip
+COMMON_PREFIXES: Final = ("LC_",)
 
 
 def spawn(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> int:
@@ -27,6 +39,24 @@ def spawn(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> int:
         (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
     return os.posix_spawn(argv[0], list(argv), dict(env), file_actions=actions, setsid=True)
+
+
+def child_env(
+    prefixes: Sequence[str] = (),
+    *,
+    deny: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The caller's ``COMMON_VARIABLES`` and the variables starting with one of ``prefixes``
+    (a service's own settings), less the names in ``deny``."""
+    source = os.environ if environ is None else environ
+    keep = (*COMMON_PREFIXES, *prefixes)
+    denied = set(deny)
+    return {
+        name: value
+        for name, value in source.items()
+        if (name in COMMON_VARIABLES or name.startswith(keep)) and name not in denied
+    }
 
 
 def _reap(pid: int) -> None:

@@ -21,6 +21,7 @@ import orjson
 
 from calopsctl.simulator.answers import predictions
 from calopsctl.simulator.feedback import FeedbackQueue, PendingFeedback
+from calopsctl.simulator.outage import Outage
 from calopsctl.simulator.plan import PlannedRequest
 from calopsctl.simulator.settings import FEEDBACK_JITTER, SimulationSettings
 from calopsctl.simulator.stats import Stats, squared_log_errors, succeeded
@@ -55,6 +56,8 @@ class Engine:
         self._answering: set[asyncio.Task[None]] = set()
         self._jitter = random.Random(settings.seed)
         self.started: float | None = None
+        self.outage = Outage(window=settings.gone_after)
+        self.gone: str | None = None  # why the API counts as gone, once it does
 
     async def run(self) -> None:
         """Send the plan, wait for the answers, flush the feedback; stop early on ``stop``."""
@@ -113,8 +116,9 @@ class Engine:
         except TimedOutError:
             self.stats.timeouts += 1
             return
-        except ConnectionFailedError:
+        except ConnectionFailedError as exc:
             self.stats.connection_errors += 1
+            self._on_connection_failed(exc)
             return
         except asyncio.CancelledError:
             self.stats.abandoned += 1
@@ -122,6 +126,7 @@ class Engine:
         finally:
             self._slots.release()
         answered = self.clock()
+        self.outage.answered()
         self.stats.on_reply(reply.status, answered - started)
         if succeeded(reply.status):
             self._on_predictions(request, reply.body, answered)
@@ -168,10 +173,21 @@ class Engine:
         self.stats.feedback.sent += 1
         try:
             reply = await self.transport.post("/feedback", body)
-        except (TimedOutError, ConnectionFailedError):
+        except TimedOutError:
             self.stats.feedback.errors += 1
             return
+        except ConnectionFailedError as exc:
+            self.stats.feedback.errors += 1
+            self._on_connection_failed(exc)
+            return
+        self.outage.answered()
         self._count_feedback(item, reply.status)
+
+    def _on_connection_failed(self, exc: ConnectionFailedError) -> None:
+        """Stop the run once connections have failed for the whole window with no answer."""
+        if self.gone is None and self.outage.failed(self.clock(), exc.reason):
+            self.gone = exc.reason
+            self.stop.set()
 
     def _count_feedback(self, item: PendingFeedback, status: int) -> None:
         counts = self.stats.feedback

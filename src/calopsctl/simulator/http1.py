@@ -13,7 +13,12 @@ from collections import deque
 from typing import Final
 from urllib.parse import urlsplit
 
-from calopsctl.simulator.transport import ConnectionFailedError, Reply, TimedOutError
+from calopsctl.simulator.transport import (
+    ConnectionFailedError,
+    Reply,
+    TimedOutError,
+    failure_reason,
+)
 
 HEAD_END: Final = b"\r\n\r\n"
 MAX_HEAD_BYTES: Final = 64 * 1024
@@ -81,7 +86,8 @@ class Http1Transport:
         try:
             return await asyncio.open_connection(self._host, self._port)
         except OSError as exc:
-            raise ConnectionFailedError(str(exc) or type(exc).__name__) from None
+            reason = failure_reason(exc, "cannot connect")
+            raise ConnectionFailedError(str(exc) or type(exc).__name__, reason=reason) from None
 
     async def _on(self, connection: Connection, request: bytes, *, reused: bool) -> Reply:
         reader, writer = connection
@@ -109,7 +115,8 @@ async def _read_reply(reader: asyncio.StreamReader, *, reused: bool) -> tuple[Re
     except (OSError, asyncio.LimitOverrunError) as exc:
         if reused and isinstance(exc, ConnectionResetError):
             raise StaleConnectionError from None
-        raise ConnectionFailedError(str(exc) or type(exc).__name__) from None
+        reason = failure_reason(exc, "connection closed")
+        raise ConnectionFailedError(str(exc) or type(exc).__name__, reason=reason) from None
     status, headers = _parse_head(head)
     try:
         body = await _read_body(reader, headers)
@@ -124,7 +131,9 @@ def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
     try:
         status = int(lines[0].split(b" ", 2)[1])
     except (IndexError, ValueError):
-        raise ConnectionFailedError(f"not an HTTP answer: {lines[0][:80]!r}") from None
+        raise ConnectionFailedError(
+            f"not an HTTP answer: {lines[0][:80]!r}", reason="not an HTTP answer"
+        ) from None
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")

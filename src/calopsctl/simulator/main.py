@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from calapi.errors import CalopsError
 from calopsctl import console
@@ -22,12 +23,22 @@ def run_simulation(settings: SimulationSettings, *, json_output: bool) -> int:
         print_summary(console.out, report)
     if report["interrupted"]:
         return EXIT_INTERRUPTED
+    if report["api_gone"]:
+        raise CalopsError(_gone_sentence(report, settings.gone_after))
     if report["sent"] and not report["ok"]:
         raise CalopsError(
             f"No prediction succeeded ({report['errors']} errors); "
             "check the API with `calops health`."
         )
     return 0
+
+
+def _gone_sentence(report: dict[str, Any], window: float) -> str:
+    return (
+        f"The API at {report['url']} stopped answering after {report['ok']} predictions "
+        f"({report['api_gone']} for {window:g}s); check it with `calops health` or "
+        "`calops logs api`, start it again (`calops up` or `calops serve`) and rerun."
+    )
 
 
 def _view(json_output: bool) -> View:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from calopsctl.simulator.engine import Engine
@@ -49,13 +50,21 @@ def simulate(
     plan = RequestPlan(settings, pool)
     stats = Stats(target_rps=settings.rps, planned=len(plan))
     announce(_announcement(settings, pool.source))
-    interrupted, elapsed = asyncio.run(_drive(settings, plan, stats, view, transport(settings)))
-    return summary(stats, run=_run_facts(settings, pool.source, plan.run_id, interrupted, elapsed))
+    ending, elapsed = asyncio.run(_drive(settings, plan, stats, view, transport(settings)))
+    return summary(stats, run=_run_facts(settings, pool.source, plan.run_id, ending, elapsed))
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How the sending stopped early, if it did: Ctrl-C, or the API went away (and why)."""
+
+    interrupted: bool = False
+    api_gone: str | None = None
 
 
 async def _drive(
     settings: SimulationSettings, plan: RequestPlan, stats: Stats, view: View, client: Transport
-) -> tuple[bool, float]:
+) -> tuple[Ending, float]:
     try:
         await check_api(client, settings.url)
         engine = Engine(settings, plan, client, stats)
@@ -69,7 +78,8 @@ async def _drive(
                 progress.cancel()
                 await asyncio.gather(progress, return_exceptions=True)
                 view.stop()
-        return engine.stop.is_set(), loop.time() - (engine.started or loop.time())
+        ending = Ending(interrupted=engine.stop.is_set() and not engine.gone, api_gone=engine.gone)
+        return ending, loop.time() - (engine.started or loop.time())
     finally:
         await client.aclose()
 
@@ -124,12 +134,13 @@ def _announcement(settings: SimulationSettings, source: str) -> str:
 
 
 def _run_facts(
-    settings: SimulationSettings, source: str, run_id: str, interrupted: bool, elapsed: float
+    settings: SimulationSettings, source: str, run_id: str, ending: Ending, elapsed: float
 ) -> dict[str, Any]:
     return {
         "url": settings.url,
         "run_id": run_id,
-        "interrupted": interrupted,
+        "interrupted": ending.interrupted,
+        "api_gone": ending.api_gone,
         "elapsed_s": round(elapsed, 3),
         "rows_source": source,
         "batch_size": settings.batch_size,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from calopsctl.simulator.outage import GONE_AFTER_S
+
 DEFAULT_DURATION_S = 60.0
 # Feedback arrives at delay x U(1 - JITTER, 1 + JITTER): real labels never come in lockstep.
 FEEDBACK_JITTER = 0.1
@@ -53,6 +55,7 @@ class SimulationSettings:
     batch_size: int = 1
     max_in_flight: int = 128
     timeout: float = 10.0
+    gone_after: float = GONE_AFTER_S  # connection failures this long, no answer: the API is gone
 
     @property
     def requests(self) -> int:

@@ -24,6 +24,23 @@ class TransportError(Exception):
 class ConnectionFailedError(TransportError):
     """Refused, reset or closed before an answer: the server is down or went away."""
 
+    def __init__(self, detail: str, *, reason: str = "connection closed") -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException, default: str) -> str:
+    """A few words for why no answer came (``connection refused``), from ``exc`` or its causes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, ConnectionResetError | BrokenPipeError):
+            return "connection reset"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc).lower()
+    return next((f"connection {w}" for w in ("refused", "reset") if w in text), default)
+
 
 class TimedOutError(TransportError):
     """No answer within the timeout."""
@@ -53,6 +70,7 @@ class HttpxTransport:
         import httpx
 
         self._errors = (httpx.TimeoutException, httpx.TransportError)
+        self._connect_error = httpx.ConnectError
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -78,5 +96,7 @@ class HttpxTransport:
         except timeout_error as exc:
             raise TimedOutError(str(exc) or type(exc).__name__) from exc
         except transport_error as exc:
-            raise ConnectionFailedError(str(exc) or type(exc).__name__) from exc
+            connecting = isinstance(exc, self._connect_error)
+            reason = failure_reason(exc, "cannot connect" if connecting else "connection closed")
+            raise ConnectionFailedError(str(exc) or type(exc).__name__, reason=reason) from exc
         return Reply(response.status_code, response.content)

@@ -161,6 +161,7 @@ def print_summary(console: Console, report: dict[str, Any]) -> None:
     latency = report["latency_ms"]
     feedback = report["feedback"]
     state = "interrupted" if report["interrupted"] else "done"
+    state = "stopped (the API went away)" if report["api_gone"] else state
     lines = [
         ("run", f"{state} after {report['elapsed_s']:.1f}s against {report['url']}"),
         ("rows", f"{report['rows_source']}, drift {report['drift']}, batch {report['batch_size']}"),

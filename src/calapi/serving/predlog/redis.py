@@ -44,6 +44,7 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from calapi.model.features import FloatArray
+from calapi.redaction import redact_uri
 from calapi.serving.predlog.base import (
     ANSWER_EXTRA_BYTES,
     AlreadyAnsweredError,
@@ -348,15 +349,7 @@ def split_location(location: str) -> tuple[str, str]:
 
 def redact(location: str) -> str:
     """``location`` with its password (in the authority or the query) shown as ``***``."""
-    parts = urlsplit(location)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(name == "password" for name, _ in query):
-        hidden = [(name, "***" if name == "password" else value) for name, value in query]
-        parts = parts._replace(query=urlencode(hidden, safe="*:"))
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_uri(location)
 
 
 def connect(url: str, location: str, timeout: float) -> redis.Redis:
