@@ -97,3 +97,23 @@ def api_argv(port: int) -> list[str]:
         "--log-level",
         "warning",
     ]
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """A real `mlflow server --serve-artifacts` on a free loopback port; yields its URL.
+
+    Its store is ``root/server.db`` and its artifacts ``root/artifacts``.
+    """
+    port = free_port()
+    argv = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+        "--port", str(port), "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+        "--workers", "1",
+    ]  # fmt: skip
+    # The job queue (huey workers) is for MLflow's GenAI features; tracking does not need it.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    url = f"http://127.0.0.1:{port}"
+    with running(argv, ready_url=f"{url}/health", env=env, log=root / "server.log", timeout=240):
+        yield url

@@ -23,7 +23,8 @@ from calopsctl.services import DEFAULT_PORTS
 from calopsctl.state import StackState
 from calopsctl.training import numeric_metrics
 from conftest import small_config
-from support import free_port, running
+from support import free_port
+from support import mlflow_server as start_mlflow_server
 
 pytestmark = pytest.mark.integration
 
@@ -49,17 +50,7 @@ class Server:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real `mlflow server --serve-artifacts` on a free loopback port for this module."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    argv = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-        "--workers", "1",
-    ]  # fmt: skip
-    # The job queue (huey workers) is for MLflow's GenAI features; tracking does not need it.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    url = f"http://127.0.0.1:{port}"
-    with running(argv, ready_url=f"{url}/health", env=env, log=root / "server.log", timeout=240):
+    with start_mlflow_server(root) as url:
         yield Server(url, root / "artifacts")
 
 

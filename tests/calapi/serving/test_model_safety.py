@@ -30,6 +30,7 @@ from calapi.model.artifact import file_sha256, load_model, read_model
 from calapi.model.safeformat import TRUSTED_TYPES, dump_safe, load_safe
 from calapi.serving.sources import LocalSource, MlflowSource
 from support import api_argv, free_port, running
+from support import mlflow_server as start_mlflow_server
 
 BIN = Path(sys.executable).parent
 RUN_FILES = ("model.skops", "model.joblib", "metrics.json", "model_card.json")
@@ -297,16 +298,7 @@ class Registry:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A real `mlflow server --serve-artifacts` on a free loopback port for this module."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    argv = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-        "--workers", "1",
-    ]  # fmt: skip
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    url = f"http://127.0.0.1:{port}"
-    with running(argv, ready_url=f"{url}/health", env=env, log=root / "server.log", timeout=240):
+    with start_mlflow_server(root) as url:
         yield Registry(url, root)
 
 
