@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -10,6 +13,7 @@ from typing import Any, Final
 import httpx
 from prometheus_client import CollectorRegistry
 
+from calapi.model.artifact import file_sha256
 from calapi.model.config import TrainConfig
 from calapi.serving.app import create_app
 from calapi.serving.settings import ApiSettings
@@ -73,3 +77,31 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """A sample's value, 0.0 when it does not exist yet."""
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+RUN_FILES: Final = ("model.skops", "metrics.json", "model_card.json")
+
+
+def make_run(
+    root: Path, trained: Path, run_id: str, version: str | None = None, *,
+    files: Sequence[str] = RUN_FILES, **record: Any,
+) -> Path:  # fmt: skip
+    """A finished run folder ``root/runs/<run_id>``: ``files`` copied from ``trained`` and a
+    run.json naming model.skops (``version`` defaults to the run id; ``record`` overrides)."""
+    folder = root / "runs" / run_id
+    folder.mkdir(parents=True)
+    for name in files:
+        shutil.copy(trained / name, folder / name)
+    run = {
+        "schema": 1, "run_id": run_id, "model_name": "calories", "version": version or run_id,
+        "model_file": "model.skops", "sha256": file_sha256(folder / "model.skops"), **record,
+    }  # fmt: skip
+    (folder / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    return folder
+
+
+def point(root: Path, run_id: str) -> None:
+    """Switch ``root/current`` to ``runs/<run_id>`` atomically, as `calops promote` does."""
+    temp = root / ".current.tmp"
+    os.symlink(Path("runs") / run_id, temp)
+    os.replace(temp, root / "current")

@@ -24,7 +24,7 @@ import joblib
 import numpy as np
 import pytest
 
-from api_support import JSON_HEADERS, row, train_tiny
+from api_support import JSON_HEADERS, make_run, point, row, train_tiny
 from calapi.errors import ModelError, ModelRefusedError, PickleRefusedError
 from calapi.model.artifact import file_sha256, load_model, read_model
 from calapi.model.safeformat import TRUSTED_TYPES, dump_safe, load_safe
@@ -55,27 +55,6 @@ def planted(marker: Path) -> bytes:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real model from the built-in trainer (model.skops, model.joblib, card)."""
     return train_tiny(tmp_path_factory.mktemp("trained"), max_iter=8)
-
-
-def add_run(root: Path, trained: Path, run_id: str, **record: Any) -> Path:
-    """A run folder ``runs/<run_id>`` with the trained files and a run.json naming model.skops."""
-    folder = root / "runs" / run_id
-    folder.mkdir(parents=True)
-    for name in RUN_FILES:
-        shutil.copy(trained / name, folder / name)
-    run = {
-        "schema": 1, "run_id": run_id, "model_name": "calories", "version": run_id,
-        "model_file": "model.skops", "sha256": file_sha256(folder / "model.skops"), **record,
-    }  # fmt: skip
-    (folder / "run.json").write_text(json.dumps(run), encoding="utf-8")
-    return folder
-
-
-def point(root: Path, run_id: str) -> None:
-    """Switch ``root/current`` to ``runs/<run_id>`` atomically, as `calops promote` does."""
-    temp = root / ".current.tmp"
-    os.symlink(Path("runs") / run_id, temp)
-    os.replace(temp, root / "current")
 
 
 def plant_run(root: Path, marker: Path, run_id: str, model_file: str) -> None:
@@ -144,7 +123,7 @@ def test_a_pickle_its_card_does_not_name_is_refused_before_unpickling(
 
 def test_a_run_json_sha256_mismatch_is_refused(trained: Path, tmp_path: Path) -> None:
     """A model.skops that is not the one run.json records is not loaded."""
-    add_run(tmp_path, trained, "a", sha256="0" * 64)
+    make_run(tmp_path, trained, "a", files=RUN_FILES, sha256="0" * 64)
     point(tmp_path, "a")
     with pytest.raises(ModelRefusedError, match=r"is not the file its run\.json names"):
         LocalSource(tmp_path).load()
@@ -236,7 +215,7 @@ def test_the_running_api_refuses_a_planted_run_and_keeps_serving(
 ) -> None:
     """The pointer moved to a run of planted pickles: nothing runs, the old version serves."""
     root = tmp_path / "artifacts"
-    add_run(root, trained, "a")
+    make_run(root, trained, "a", files=RUN_FILES)
     point(root, "a")
     marker = tmp_path / "ran"
     port = free_port()

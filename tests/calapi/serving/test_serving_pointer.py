@@ -14,35 +14,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_support import api_client, row, sample
+from api_support import api_client, make_run, point, row, sample
 from calapi.errors import ModelError
-from calapi.model.artifact import file_sha256
 from calapi.model.runrecord import RunInfo, read_run
 from calapi.serving.sources import LocalSource, run_identity
-
-RUN_FILES = ("model.skops", "metrics.json", "model_card.json")
-
-
-def make_run(root: Path, trained: Path, run_id: str, version: str, **record: Any) -> Path:
-    """A finished run folder under ``root/runs``: the trained files and its run.json."""
-    folder = root / "runs" / run_id
-    folder.mkdir(parents=True)
-    for name in RUN_FILES:
-        shutil.copy(trained / name, folder / name)
-    run = {
-        "schema": 1, "run_id": run_id, "model_name": "calories", "version": version,
-        "sha256": file_sha256(folder / "model.skops"), "model_file": "model.skops",
-        **record,
-    }  # fmt: skip
-    (folder / "run.json").write_text(json.dumps(run), encoding="utf-8")
-    return folder
-
-
-def point(root: Path, run_id: str) -> None:
-    """Switch ``root/current`` to ``runs/<run_id>`` atomically, as `calops promote` does."""
-    temp = root / ".current.tmp"
-    os.symlink(Path("runs") / run_id, temp)
-    os.replace(temp, root / "current")
 
 
 @pytest.fixture
