@@ -1,4 +1,4 @@
-"""Traffic commands: simulate."""
+"""Traffic commands: simulate, and export the labelled traffic."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 
 from calopsctl.application import settings
 from calopsctl.console import err
+from calopsctl.console import out as out_console
 from calopsctl.project import describe
 from calopsctl.services import API, loopback_url
 from calopsctl.simulator.settings import DEFAULT_DURATION_S, DriftKind, SimulationSettings
@@ -115,6 +116,15 @@ def simulate(
             min=0.0,
         ),
     ] = None,
+    drift_ramp: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds the drift takes to reach full strength (0: at full strength from "
+            "--drift-start on; default: half of the run after --drift-start).",
+            show_default=False,
+            min=0.0,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for rows, feedback choice and jitter.")] = 0,
     batch_size: Annotated[
         int,
@@ -163,6 +173,7 @@ def simulate(
         data=data,
         drift=drift,
         drift_start=drift_start,
+        drift_ramp=drift_ramp,
         seed=seed,
         batch_size=batch_size,
         max_in_flight=max_in_flight,
@@ -171,3 +182,67 @@ def simulate(
     code = run_simulation(run, json_output=json_output)
     if code:
         raise typer.Exit(code)
+
+
+def _duration(value: str | None) -> float | None:
+    """``--since`` as seconds (90s, 30m, 1h, 2d); None keeps every labelled row."""
+    from calopsctl.trafficdata import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+
+
+def export(
+    ctx: typer.Context,
+    *,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="CSV file to write ('-' for stdout).", show_default=False),
+    ],
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only predictions made in this last span: 90s, 30m, 1h, 2d (default: all the "
+            "log keeps).",
+            show_default=False,
+        ),
+    ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="Prediction log to read instead of the stack's: a SQLite path or a redis:// "
+            "URL (what `calops serve --prediction-log` used).",
+            show_default=False,
+        ),
+    ] = None,
+    all_columns: Annotated[
+        bool,
+        typer.Option(
+            "--all-columns",
+            help="Also write predicted, model_version, predicted_at and answered_at (unix s).",
+        ),
+    ] = False,
+) -> None:
+    """Export labelled traffic (predictions whose ground truth came back) as training data.
+
+    Rows are the features the API saw and the true Calories, oldest first, in the trainer's
+    CSV layout (id,Sex,Age,Height,Weight,Duration,Heart_Rate,Body_Temp,Calories), so
+    `calops train --data` reads the file as it is.
+
+    [bold]Examples[/]
+
+      calops traffic export --since 1h --out traffic.csv
+      calops train --data traffic.csv
+      calops traffic export --log redis://127.0.0.1:6379/0 --out - --all-columns
+    """
+    from calopsctl.trafficdata import export_csv, labelled_traffic
+
+    cli = settings(ctx)
+    seconds = _duration(since)
+    frame = labelled_traffic(cli.home, seconds, log, compose_files=cli.compose_files)
+    summary = export_csv(frame, out, since=since, all_columns=all_columns)
+    (err if str(out) == "-" else out_console).print(summary, markup=False)

@@ -36,6 +36,19 @@ class Outcome:
     model_version: str
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """One answered prediction as stored; ``features`` are ``FEATURES`` as ``<f8`` bytes."""
+
+    key: str
+    at: float
+    answered_at: float
+    version: str
+    predicted: float
+    actual: float
+    features: bytes
+
+
 class UnknownIdError(LookupError):
     """No prediction with this id awaits feedback (never made, evicted or expired)."""
 
@@ -90,6 +103,10 @@ class PredictionLog(Protocol):
     def rolling(self, seconds: float) -> tuple[float, int]:
         """Sum of squared log errors and count of the answers received in the last seconds,
         across every process."""
+
+    def answered(self, since: float | None) -> list[Answered]:
+        """The answered predictions made at or after ``since`` (unix s; None: all kept),
+        sorted by prediction time, read without holding up the writers."""
 
     def close(self) -> None:
         """Write what is queued and stop the writer."""

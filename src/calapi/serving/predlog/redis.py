@@ -48,6 +48,7 @@ from calapi.redaction import redact_uri
 from calapi.serving.predlog.base import (
     ANSWER_EXTRA_BYTES,
     AlreadyAnsweredError,
+    Answered,
     LogUnavailableError,
     OnEvict,
     Outcome,
@@ -66,6 +67,7 @@ WRITE_ROWS: Final = 10_000  # a backlog (after an outage) is written in calls of
 WRITE_TIMEOUT_SECONDS: Final = 5.0
 READ_TIMEOUT_SECONDS: Final = 0.5  # reads run on the event loop, at scrape time
 CONNECT_TIMEOUT_SECONDS: Final = 2.0
+READ_CHUNK: Final = 1000  # answered rows read per ZRANGEBYSCORE + HMGET
 
 _COMMON: Final = """
 local pending, pending_time, answered, answered_time, totals =
@@ -367,6 +369,72 @@ def connect(url: str, location: str, timeout: float) -> redis.Redis:
         ) from None
 
 
+def parse_answered(key: str, value: bytes) -> tuple[int, Answered]:
+    """An ``answered`` hash value: its serial and the row it holds."""
+    serial, actual, answered_at, _error, _size, at, predicted, length, rest = value.split(b" ", 8)
+    size = int(length)
+    row = Answered(
+        key, float(at), float(answered_at), rest[:size].decode(), float(predicted),
+        float(actual), rest[size:],
+    )  # fmt: skip
+    return int(serial), row
+
+
+def read_answered(client: redis.Redis, keys: _Keys, since: float | None) -> list[Answered]:
+    """The answered predictions made at or after ``since``, read READ_CHUNK at a time.
+
+    A prediction is answered after it is made, so only answers from ``since`` on are read.
+    Members sort by serial within a time; a row answered again since (its id reused) is
+    read at its newer member only.
+    """
+    low, skip, rows = "-inf" if since is None else repr(float(since)), 0, []
+    while True:
+        chunk: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+            keys.answered_time, low, "+inf", start=skip, num=READ_CHUNK, withscores=True
+        )
+        rows += _answered_rows(client, keys, [member for member, _score in chunk], since)
+        if len(chunk) < READ_CHUNK:
+            break
+        last = chunk[-1][1]
+        ties = sum(score == last for _member, score in chunk)
+        skip = skip + ties if repr(last) == low else ties  # past the rows read at that time
+        low = repr(last)
+    rows.sort(key=lambda row: row.at)
+    return rows
+
+
+def _answered_rows(
+    client: redis.Redis, keys: _Keys, members: list[bytes], since: float | None
+) -> list[Answered]:
+    """The rows of these ``answered:by_time`` members still current and made from ``since``."""
+    if not members:
+        return []
+    parts = [_text(member).split(":", 3) for member in members]
+    values: list[bytes | None] = client.hmget(keys.answered, [part[3] for part in parts])  # type: ignore[assignment]
+    rows = []
+    for (serial, _sum, _size, key), value in zip(parts, values, strict=True):
+        if value is not None:
+            stored, row = parse_answered(key, value)
+            if stored == int(serial) and (since is None or row.at >= since):
+                rows.append(row)
+    return rows
+
+
+def read_answered_at(location: str, since: float | None) -> list[Answered]:
+    """``read_answered`` from the log at a ``redis://`` location, without starting a writer."""
+    url, prefix = split_location(location)
+    client = connect(url, redact(location), WRITE_TIMEOUT_SECONDS)
+    try:
+        return read_answered(client, _Keys.under(prefix), since)
+    except redis.RedisError as exc:
+        raise LogUnavailableError(
+            f"The prediction log at {redact(location)} could not be read "
+            f"({type(exc).__name__}); check that Redis is running and reachable there."
+        ) from None
+    finally:
+        client.close()
+
+
 class RedisLog:
     """The prediction log in Redis, written by one background thread per process."""
 
@@ -449,6 +517,12 @@ class RedisLog:
             self._drain()
         self._writer.close()
         self._reader.close()
+
+    def answered(self, since: float | None) -> list[Answered]:
+        try:
+            return read_answered(self._writer, self._keys, since)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc, "read") from exc
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "redis", "location": self.location, **self.retention.as_dict()}

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +32,7 @@ from calapi.serving.predlog.base import (
     ANSWER_EXTRA_BYTES,
     ROW_OVERHEAD_BYTES,
     AlreadyAnsweredError,
+    Answered,
     LogUnavailableError,
     OnEvict,
     Outcome,
@@ -143,6 +145,35 @@ def open_schema(path: Path) -> sqlite3.Connection:
     return connection
 
 
+ANSWERED_QUERY: Final = (
+    "SELECT id, at, answered_at, version, predicted, actual, features FROM answered "
+    "WHERE answered_at >= ? AND at >= ? ORDER BY at"
+)
+
+
+def read_answered(path: Path, since: float | None) -> list[Answered]:
+    """The answered predictions made at or after ``since`` in the log file at ``path``.
+
+    Its own connection: in WAL mode a reader neither waits for nor holds up the writers.
+    A prediction is answered after it is made, so the answered_at index narrows the scan.
+    """
+    if not path.is_file():
+        raise LogUnavailableError(
+            f"There is no prediction log at {path}; check the path (the API's "
+            "CALOPS_PREDICTION_LOG)."
+        )
+    cutoff = -math.inf if since is None else since
+    try:
+        with closing(connect(path)) as connection:
+            rows = connection.execute(ANSWERED_QUERY, (cutoff, cutoff)).fetchall()
+    except sqlite3.Error as exc:
+        raise LogUnavailableError(
+            f"Cannot read the prediction log {path} ({exc}); check that it is a calops "
+            "prediction log."
+        ) from None
+    return [Answered(*row) for row in rows]
+
+
 class SqliteLog:
     """The prediction log in a SQLite file, written by one background thread per process."""
 
@@ -201,6 +232,9 @@ class SqliteLog:
             (since,),
         ).fetchone()
         return float(total), int(count)
+
+    def answered(self, since: float | None) -> list[Answered]:
+        return read_answered(self.path, since)
 
     def close(self) -> None:
         self._closing = True
