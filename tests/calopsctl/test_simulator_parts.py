@@ -39,6 +39,16 @@ def test_run_length_comes_from_count_or_duration() -> None:
     assert timed.drift_full_s == pytest.approx(2.5 + 7.5 / 2)
 
 
+def test_drift_ramp_sets_when_full_strength_is_reached() -> None:
+    """--drift-ramp 0 puts the drift at full strength from --drift-start on."""
+    at_once = SimulationSettings(url="u", rps=100, duration=10, drift_start=0, drift_ramp=0)
+    assert at_once.drift_full_s == 0.0
+    strength = ramp(np.array([0.01, 5.0, 9.99]), at_once.drift_start_s, at_once.drift_full_s)
+    assert strength.tolist() == [1.0, 1.0, 1.0]
+    slow = SimulationSettings(url="u", rps=100, duration=10, drift_start=1, drift_ramp=4)
+    assert slow.drift_full_s == pytest.approx(5.0)
+
+
 def test_ramp_is_zero_before_start_linear_then_full() -> None:
     """Drift strength is 0 before the start, rises linearly, and stays at 1 after full strength."""
     times = np.array([0.0, 5.0, 7.5, 10.0, 20.0])

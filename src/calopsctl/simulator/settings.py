@@ -51,6 +51,7 @@ class SimulationSettings:
     data: Path | None = None
     drift: DriftKind = DriftKind.NONE
     drift_start: float | None = None
+    drift_ramp: float | None = None  # seconds from start to full strength; None: half the rest
     seed: int = 0
     batch_size: int = 1
     max_in_flight: int = 128
@@ -78,6 +79,8 @@ class SimulationSettings:
     @property
     def drift_full_s(self) -> float:
         """When the drift reaches full strength."""
+        if self.drift_ramp is not None:
+            return self.drift_start_s + self.drift_ramp
         remaining = max(self.planned_seconds - self.drift_start_s, 0.0)
         return self.drift_start_s + DRIFT_RAMP_FRACTION * remaining
 
