@@ -86,6 +86,18 @@ k8s_app = typer.Typer(
 )
 app.add_typer(k8s_app, rich_help_panel="Stack")
 
+traffic_app = typer.Typer(
+    name="traffic",
+    help=(
+        "The traffic the API answered: export the labelled predictions (features and the "
+        "ground truth that came back) as training data.\n\n"
+        "Example: [bold]calops traffic export --since 1h --out traffic.csv[/]"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(traffic_app, rich_help_panel="Traffic")
+
 
 _register(stack.up, "up", "Stack")
 _register(stack.down, "down", "Stack")
@@ -93,9 +105,11 @@ _register(stack.health, "health", "Stack")
 _register(stack.info, "info", "Stack")
 _register(stack.logs, "logs", "Stack")
 _register(model.train, "train", "Model")
+_register(model.retrain, "retrain", "Model")
 _register(model.models, "models", "Model")
 _register(model.promote, "promote", "Model")
 _register(model.rollback, "rollback", "Model")
 _register(serving.serve, "serve", "Model")
 _register(traffic.simulate, "simulate", "Traffic")
+_register(traffic.export, "export", "Traffic", group=traffic_app)
 _register(k8s.render, "render", "Kubernetes", group=k8s_app)

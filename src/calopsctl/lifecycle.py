@@ -335,6 +335,11 @@ class Verdict:
 
 def score(model: LoadedModel, evaluation: pd.DataFrame) -> float:
     """RMSLE of ``model`` on ``evaluation``, predicted exactly as the API would."""
+    return metrics_on(model, evaluation)["rmsle"]
+
+
+def metrics_on(model: LoadedModel, evaluation: pd.DataFrame) -> dict[str, float]:
+    """RMSLE, RMSE, MAE and R² of ``model`` on ``evaluation``, predicted as the API would."""
     import numpy as np
 
     from calapi.model.data import raw_matrix
@@ -343,7 +348,26 @@ def score(model: LoadedModel, evaluation: pd.DataFrame) -> float:
 
     predicted = model.predict(raw_matrix(evaluation, where="the evaluation rows"))
     truth = evaluation[TARGET].to_numpy(dtype=np.float64)
-    return regression_metrics(truth, predicted)["rmsle"]
+    return regression_metrics(truth, predicted)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Both models' RMSLE on the same rows; the champion's is the error that kept it unscored."""
+
+    challenger: float
+    champion: float | CalopsError
+    rows: int
+
+
+def champion_score(
+    pointer: ServingPointer, champion: Candidate, evaluation: pd.DataFrame
+) -> float | CalopsError:
+    """The champion's RMSLE on the rows, or why it could not be loaded to score."""
+    try:
+        return score(pointer.load(champion), evaluation)
+    except CalopsError as exc:
+        return exc
 
 
 def gate(
@@ -355,50 +379,63 @@ def gate(
     evaluation: pd.DataFrame | None,
     no_evaluation: str,
     force: bool,
+    strict: bool = False,
+    rows_named: str | None = None,
+    scored: Scores | None = None,
 ) -> Verdict:
     """Move to the new model only when it is no worse than the champion on the same rows.
 
     Both models are scored on the new run's holdout, through the predictor the API uses, so
     two runs trained on different data or splits are still compared fairly. When the
     champion saw some of those rows in training it looks better than it is, which errs on the
-    side of keeping it.
+    side of keeping it. ``strict``: only a better model moves; ``rows_named`` names the rows
+    (default: the run's holdout); ``scored``: both scores, already computed on ``evaluation``.
     """
     if force:
         return Verdict(True, "forced with --promote", how="forced")
     if champion is None:
         return Verdict(True, f"nothing held {pointer.where} yet")
-    held = f"version {champion.key}"
     if evaluation is None:
         return Verdict(False, f"{no_evaluation}; `calops promote {key}` moves it")
-    old = _champion_score(pointer, champion, evaluation, key)
-    if isinstance(old, Verdict):
-        return old
-    new = score(challenger(), evaluation)
-    rows = len(evaluation)
-    compared = f"RMSLE {new:.5f} vs {old:.5f} for {held}, both on this run's {rows:,} holdout rows"
-    if math.isnan(new) or new > old:
+    if scored is None:
+        old = champion_score(pointer, champion, evaluation)
+        new = math.nan if isinstance(old, CalopsError) else score(challenger(), evaluation)
+        scored = Scores(new, old, len(evaluation))
+    named = rows_named or f"this run's {scored.rows:,} holdout rows"
+    if isinstance(scored.champion, CalopsError):
+        return _unscored(champion, scored.champion, key, rows_named or "this run's holdout")
+    return _compared(
+        champion, scored.challenger, scored.champion, rows=scored.rows, key=key, named=named,
+        strict=strict,
+    )  # fmt: skip
+
+
+def _compared(
+    champion: Candidate, new: float, old: float, *, rows: int, key: str, named: str, strict: bool
+) -> Verdict:
+    compared = f"RMSLE {new:.5f} vs {old:.5f} for version {champion.key}, both on {named}"
+    kept = math.isnan(new) or new > old or (strict and new == old)
+    if kept:
+        word = "not better" if strict else "worse"
         return Verdict(
-            False, f"{compared}: worse; `calops promote {key}` forces it", "gate", new, old, rows
+            False, f"{compared}: {word}; `calops promote {key}` forces it", "gate", new, old, rows
         )
-    return Verdict(True, f"{compared}: no worse", "gate", new, old, rows)
+    return Verdict(
+        True, f"{compared}: {'better' if strict else 'no worse'}", "gate", new, old, rows
+    )
 
 
-def _champion_score(
-    pointer: ServingPointer, champion: Candidate, evaluation: pd.DataFrame, key: str
-) -> float | Verdict:
-    """The champion's RMSLE on the rows, or the verdict when it cannot be loaded to score."""
+def _unscored(champion: Candidate, exc: CalopsError, key: str, named: str) -> Verdict:
+    """The verdict when the champion could not be loaded to score it."""
     held = f"version {champion.key}"
-    try:
-        return score(pointer.load(champion), evaluation)
-    except PickleRefusedError as exc:
+    if isinstance(exc, PickleRefusedError):
         # The API refuses it too (a pickle of older calops): nothing serves that could be kept.
         return Verdict(True, f"{held} cannot serve ({exc}); this run replaces it")
-    except CalopsError as exc:
-        return Verdict(
-            False,
-            f"{held} could not be loaded to score it on this run's holdout ({exc}); "
-            f"`calops promote {key}` moves it anyway",
-        )
+    return Verdict(
+        False,
+        f"{held} could not be loaded to score it on {named} ({exc}); "
+        f"`calops promote {key}` moves it anyway",
+    )
 
 
 # ---------------------------------------------------------------- promote and rollback

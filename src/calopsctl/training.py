@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from calapi.model.config import OutputsConfig
+    from calapi.model.data import LoadedData
 
 Report = Callable[[str], None]
 TrackerFactory = Callable[[TrackingTarget], Tracker]
@@ -165,8 +166,8 @@ def train_and_track(
         champion = pointer.champion()
         produced = _train(plan, options, staging, report, echo or report)
         report(f"Logging the run to {target.shown} and registering the model.")
-        logged = tracker.log_run(_record(plan, produced, options))
-        folder = folders.finish(staging, _run_info(plan, produced, logged, target, options))
+        logged = tracker.log_run(run_record(plan, produced, options))
+        folder = folders.finish(staging, run_info(plan, produced, logged, target, options))
     except BaseException:
         folders.discard(staging, keep=(LOG_FILE,))
         if undo is not None:
@@ -359,9 +360,14 @@ def _train(plan: Plan, options: TrainOptions, into: Path, report: Report, echo: 
 
 
 def run_builtin(
-    config: TrainConfig, params: dict[str, Any], into: Path, report: Report
+    config: TrainConfig,
+    params: dict[str, Any],
+    into: Path,
+    report: Report,
+    data: LoadedData | None = None,
 ) -> Produced:
-    """Fit with calapi's trainer into ``into``, keeping its progress lines in train.log."""
+    """Fit with calapi's trainer into ``into``, keeping its progress lines in train.log;
+    ``data``: rows already loaded, instead of the config's data source."""
     from calapi.model.train import run
 
     log_path = into / LOG_FILE
@@ -372,7 +378,7 @@ def run_builtin(
             log.flush()
             report(message)
 
-        result = run(_into(config, into), progress=progress)
+        result = run(_into(config, into), data=data, progress=progress)
     return Produced(
         model_path=Path(result.model_path),
         metrics_path=Path(result.metrics_path),
@@ -431,20 +437,28 @@ def run_script(
 # -- what gets logged -----------------------------------------------------------------------------
 
 
-def _record(plan: Plan, produced: Produced, options: TrainOptions) -> RunRecord:
+def run_record(
+    plan: Plan,
+    produced: Produced,
+    options: TrainOptions,
+    *,
+    tags: Mapping[str, str] | None = None,
+    artifacts_too: tuple[Path, ...] = (),
+) -> RunRecord:
+    """What the run logs: the produced files and metrics, with more ``tags`` and files."""
     artifacts = [produced.model_path, produced.metrics_path, produced.card_path]
     if produced.pickle_path is not None:
         artifacts.insert(1, produced.pickle_path)
     if plan.config_path is not None:
         artifacts.insert(1, plan.config_path)
-    artifacts.append(produced.log_path)
+    artifacts += [produced.log_path, *artifacts_too]
     return RunRecord(
         experiment=options.experiment,
         run_name=None,
         model_name=plan.model_name,
         params=produced.params,
         metrics=numeric_metrics(produced.metrics),
-        tags=_tags(produced),
+        tags={**_tags(produced), **(tags or {})},
         artifacts=tuple(artifacts),
         model=produced.model if produced.model is not None else _load_model(produced.model_path),
         input_example=_input_example(plan),
@@ -524,7 +538,7 @@ def _pip_requirements() -> list[str]:
     return [f"{name}=={found[name]}" for name in required if found[name]]
 
 
-def _run_info(
+def run_info(
     plan: Plan, produced: Produced, logged: LoggedRun, target: TrackingTarget, options: TrainOptions
 ) -> RunInfo:
     from datetime import UTC, datetime

@@ -1,4 +1,4 @@
-"""Model commands: train, models, promote, rollback."""
+"""Model commands: train, retrain, models, promote, rollback."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from calopsctl.paths import project_base
 
 if TYPE_CHECKING:
     from calopsctl.promotion import Outcome, Where
+    from calopsctl.retraining import RetrainSummary
     from calopsctl.settings import CliSettings
     from calopsctl.training import TrainSummary
 
@@ -180,18 +181,165 @@ def _show(summary: TrainSummary, *, json_output: bool) -> None:
     if json_output:
         console.print_json(asdict(summary))
         return
+    _table("Training run", _rows(summary))
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    """``rows`` as a two-column table on a TTY, as ``key: value`` lines otherwise."""
     if not console.interactive():
-        for key, value in _rows(summary):
+        for key, value in rows:
             console.out.print(f"{key}: {value}", markup=False)
         return
     from rich.table import Table
 
-    table = Table(title="Training run", show_header=False, title_justify="left")
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    for key, value in _rows(summary):
+    for key, value in rows:
         table.add_row(key, value)
     console.out.print(table)
+
+
+# ---------------------------------------------------------------- retrain
+
+_TRAIN_CONFIG = typer.Option(
+    help="Training config (default: ./config.yaml, else the packaged one).",
+    envvar="CALOPS_CONFIG",
+    show_default=False,
+)
+_TRAIN_TRACKING = typer.Option(
+    help="MLflow tracking URI (default: the running stack's MLflow, else <CALOPS_HOME>/mlflow.db).",
+    envvar="MLFLOW_TRACKING_URI",
+    show_default=False,
+)
+
+
+def _since(value: str) -> str:
+    from calopsctl.trafficdata import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def retrain(
+    ctx: typer.Context,
+    *,
+    since: Annotated[
+        str,
+        typer.Option(
+            help="Learn from the predictions made in this last while: 90s, 30m, 1h, 2d.",
+            callback=_since,
+        ),
+    ] = "1h",
+    min_rows: Annotated[
+        int, typer.Option(help="Fewest labelled predictions worth retraining on.", min=2)
+    ] = 200,
+    base_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Rows mixed in beside the traffic (at most one per four traffic rows): a CSV, "
+            "'synthetic', or 'none' (default: the config's data.source).",
+            show_default=False,
+        ),
+    ] = None,
+    recent: Annotated[
+        float,
+        typer.Option(
+            help="Newest fraction of the traffic, by prediction time, kept out of training to "
+            "score the new model and the champion on.",
+            min=0.01,
+            max=0.9,
+        ),
+    ] = 0.2,
+    promote: Annotated[
+        bool,
+        typer.Option(
+            "--promote/--no-promote",
+            help="Serve the new version even when it is not better than the champion.",
+        ),
+    ] = False,
+    config: Annotated[Path | None, _TRAIN_CONFIG] = None,
+    tracking: Annotated[str | None, _TRAIN_TRACKING] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="Prediction log to read instead of the stack's: a SQLite path or a redis:// "
+            "URL (what `calops serve --prediction-log` used).",
+            show_default=False,
+        ),
+    ] = None,
+    experiment: Annotated[
+        str,
+        typer.Option(help="MLflow experiment to log into.", envvar="MLFLOW_EXPERIMENT_NAME"),
+    ] = "calops",
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON (for scripts).")
+    ] = False,
+) -> None:
+    """Retrain on the labelled traffic; the new version serves only if it beats the champion
+    on the most recent of that traffic.
+
+    Reads the predictions whose ground truth came back (/feedback) in the last --since, keeps
+    the newest --recent of them (by prediction time) out of training, and fits the older ones,
+    mixed with a smaller share of base data, with the same trainer and config as `calops
+    train`. The new version and the champion are scored on those same recent rows; the new one
+    is registered with that lineage (window, rows, champion and both RMSLEs) and serves only
+    when strictly better, or with --promote.
+
+    [bold]Examples[/]
+
+      calops retrain
+      calops retrain --since 30m --json
+      calops retrain --since 2h --base-data none --min-rows 500
+      calops retrain --base-data exercise.csv --promote
+      calops retrain --log .calops/predictions.db --tracking file:./mlruns
+    """
+    from calopsctl.retraining import RetrainOptions
+    from calopsctl.retraining import retrain as run_retrain
+    from calopsctl.trafficdata import parse_duration
+
+    options = RetrainOptions(
+        since_seconds=parse_duration(since), since=since, min_rows=min_rows,
+        base_data=base_data, recent=recent, promote=promote, config_path=config,
+        tracking=tracking, experiment=experiment, log=log,
+    )  # fmt: skip
+    cli = _stack_settings(ctx)
+    with _progress() as (report, _echo):
+        summary = run_retrain(
+            options, home=cli.home, base=project_base(cli.home_info), report=report
+        )
+    _show_retrain(summary, json_output=json_output)
+
+
+def _retrain_rows(summary: RetrainSummary) -> list[tuple[str, str]]:
+    champion = "none" if summary.champion_rmsle is None else f"{summary.champion_rmsle:.5f}"
+    return [
+        ("outcome", summary.outcome),
+        ("challenger", f"{summary.model_name} version {summary.model_version}"),
+        ("RMSLE", f"challenger {summary.challenger_rmsle:.5f} | champion "
+                  f"({summary.champion or 'none'}) {champion}"),
+        ("evaluated on", f"{summary.rows_evaluated} recent rows predicted "
+                         f"{summary.window_start} to {summary.window_end}"),
+        ("trained on", f"{summary.rows_traffic} traffic rows (from {summary.traffic_start}) "
+                       f"+ {summary.rows_base} base rows"),
+        ("base data", summary.base_data),
+        ("serving", summary.promotion_reason),
+        ("pointer", summary.serving_pointer),
+        ("run id", summary.run_id),
+        ("run folder", summary.run_folder),
+        ("tracking", summary.tracking_uri),
+        ("model uri", summary.model_uri),
+    ]  # fmt: skip
+
+
+def _show_retrain(summary: RetrainSummary, *, json_output: bool) -> None:
+    if json_output:
+        console.print_json(asdict(summary))
+        return
+    _table("Retraining run", _retrain_rows(summary))
 
 
 # ---------------------------------------------------------------- models, promote, rollback
