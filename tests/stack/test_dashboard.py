@@ -126,6 +126,39 @@ def test_model_panel_shows_the_served_version_and_its_alias(live_api: str, traff
     assert series["metric"].get("alias", "") == (served["alias"] or "")
 
 
+def test_versions_panel_shows_the_served_version_over_time(live_api: str, traffic: str) -> None:
+    """ "Model versions over time" is a timeline with one row per version: the served one."""
+    (panel,) = [
+        p for p in dashboard_panels(load_dashboard()) if p["title"] == "Model versions over time"
+    ]
+    assert panel["type"] == "state-timeline"
+    (target,) = panel["targets"]
+    (series,) = instant_query(traffic, target["expr"])
+    served = httpx.get(f"{live_api}/info", timeout=10.0).json()["model"]
+    assert series["metric"] == {"version": served["version"]}
+
+
+def test_model_change_annotation_marks_when_a_version_starts(live_api: str, traffic: str) -> None:
+    """The "Model changes" annotation query names the served version when it first answered,
+    and nothing a minute after (a version serving on is no change)."""
+    (annotation,) = [
+        a for a in load_dashboard()["annotations"]["list"] if a["name"] == "Model changes"
+    ]
+    history = instant_query(traffic, "app_model_info[1h]")
+    first = min(float(sample[0]) for series in history for sample in series["values"])
+    served = httpx.get(f"{live_api}/info", timeout=10.0).json()["model"]["version"]
+    assert query_at(traffic, annotation["expr"], first) == [served]
+    assert query_at(traffic, annotation["expr"], first + 61) == []
+
+
+def query_at(prometheus_url: str, expr: str, moment: float) -> list[str]:
+    """The ``version`` label of each series ``expr`` returns at ``moment`` (unix s)."""
+    params = {"query": expr, "time": repr(moment)}
+    body = httpx.get(f"{prometheus_url}/api/v1/query", params=params, timeout=10.0).json()
+    assert body["status"] == "success", body
+    return [series["metric"]["version"] for series in body["data"]["result"]]
+
+
 def test_api_alerts_load_in_prometheus(traffic: str) -> None:
     """The alert rules load into the real Prometheus and the API is not reported down."""
     rules = httpx.get(f"{traffic}/api/v1/rules", timeout=10.0).json()["data"]["groups"]
