@@ -11,6 +11,7 @@ CALOPS_COMPOSE_FILES=stack/compose.offline.yaml (the `e2e` nox session does both
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -303,6 +304,22 @@ def test_replicas_share_the_traffic_and_the_prediction_log(stack: Stack) -> None
         f"\n{REPLICA_PREDICTIONS} exchanges in {took:.1f} s; per replica {gained}; "
         f"{crossed} feedbacks on another replica; RMSLE {client:.6f}"
     )
+
+
+def test_traffic_export_reads_the_replicas_shared_log(stack: Stack) -> None:
+    """`calops traffic export` reads the labelled traffic out of the compose Redis (through an
+    API container): every exchange of the replica test once, in the trainer's CSV layout."""
+    out = stack.workdir / "traffic.csv"
+    said = succeeded(stack.calops("traffic", "export", "--since", "1h", "--out", str(out)))
+    assert "labelled rows" in said.stdout + said.stderr
+    with out.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == [
+        "id", "Sex", "Age", "Height", "Weight", "Duration", "Heart_Rate", "Body_Temp", "Calories",
+    ]  # fmt: skip
+    replica = [r for r in rows if r["id"].startswith("replica-")]
+    assert len(replica) == len({r["id"] for r in replica}) == REPLICA_PREDICTIONS
+    assert all(r["Sex"] in {"male", "female"} and float(r["Calories"]) > 0 for r in replica)
 
 
 def test_prometheus_scrapes_the_api_and_counts_the_traffic(stack: Stack) -> None:
