@@ -1,11 +1,14 @@
 """Fast prediction: the trained model's exact arithmetic without pandas or per-call validation.
 
-The trainer's estimator is TransformedTargetRegressor(log1p/expm1) over
-Pipeline([features: CalorieFeatures, gbm: HistGradientBoostingRegressor]). For it,
-``predict(raw)`` = expm1(trees(engineer(raw))), computed here two ways:
+The trainer's estimator is ``CalorieModel``: ``predict(raw)`` = expm1(keytel(raw) +
+trees(model_features(raw))). Models trained before it are TransformedTargetRegressor
+(log1p/expm1) over Pipeline([features: CalorieFeatures, gbm: HistGradientBoostingRegressor]),
+``predict(raw)`` = expm1(trees(engineer_v1(raw))). ``fast_layout`` tells which; both are
+computed here two ways:
 
 * small batches (what micro-batching produces): every tree's nodes are packed into flat
-  arrays, walked by compiled code that releases the GIL (``calapi.model.compiled``, ~20 us),
+  arrays, walked by compiled code that releases the GIL (``calapi.model.compiled``; for
+  CalorieModel the features and baseline are computed in the same loop, ~4 us a row),
   where scikit-learn pays a Python call per tree (~2.5 ms for 300);
 * bigger batches: the fitted HistGradientBoostingRegressor's own compiled trees, walked
   on the binned matrix (what the trees were fitted on: the same leaves as the raw
@@ -22,13 +25,22 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import numpy as np
 
 from calapi.model import sklearn_compat
-from calapi.model.compiled import PackedForest, compiled_walk, pack_forest
-from calapi.model.features import FEATURES, OBSERVED_RANGES, FloatArray, engineer, sex_labels
+from calapi.model.compiled import PackedForest, compiled_model, compiled_walk, pack_forest
+from calapi.model.features import (
+    BASELINE_COLUMN,
+    FEATURES,
+    OBSERVED_RANGES,
+    FloatArray,
+    engineer_v1,
+    model_features,
+    sex_labels,
+)
 
 SMALL_BATCH_ROWS: Final = 64
 SPLIT_ROWS: Final = 2048
@@ -44,24 +56,46 @@ class Predictor(Protocol):
     def __call__(self, raw: FloatArray) -> FloatArray: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What the fast path needs of a trainer's estimator."""
+
+    gbm: Any  # the fitted HistGradientBoostingRegressor
+    features: Callable[[FloatArray], FloatArray]  # raw rows -> the trees' input
+    baseline_column: int | None  # a feature column added to the trees' sum (log kcal)
+
+
 class FastPredictor:
-    """expm1(trees(engineer(raw))) for the trainer's estimator."""
+    """expm1(baseline + trees(features(raw))) for one of the trainer's estimator layouts."""
 
     kind = "fast"
 
-    def __init__(self, gbm: Any, forest: PackedForest | None) -> None:
-        self._trees = sklearn_compat.BinnedTrees(gbm)
-        self._walk = None if forest is None else compiled_walk(forest)
+    def __init__(self, layout: Layout, forest: PackedForest | None) -> None:
+        self._layout = layout
+        self._trees = sklearn_compat.BinnedTrees(layout.gbm)
+        # CalorieModel runs whole in one compiled loop; the first layout walks its trees only.
+        self._whole = self._walk = None
+        if forest is not None and layout.baseline_column is not None:
+            self._whole = compiled_model(forest)
+        elif forest is not None:
+            self._walk = compiled_walk(forest)
 
     def __call__(self, raw: FloatArray) -> FloatArray:
-        engineered = engineer(raw)
+        small = len(raw) <= SMALL_BATCH_ROWS
+        if small and self._whole is not None:
+            kcal = self._whole(raw)
+            if kcal is not None:
+                return kcal
+        features = self._layout.features(raw)
         walk = self._walk
-        if walk is not None and len(raw) <= SMALL_BATCH_ROWS and np.isfinite(engineered).all():
-            log_kcal = walk(engineered)
+        if walk is not None and small and np.isfinite(features).all():
+            log_kcal = walk(features)
         elif len(raw) >= SPLIT_ROWS:
-            log_kcal = np.concatenate(list(_splitter().map(self._trees, _halves(engineered))))
+            log_kcal = np.concatenate(list(_splitter().map(self._trees, _halves(features))))
         else:
-            log_kcal = self._trees(engineered)
+            log_kcal = self._trees(features)
+        if self._layout.baseline_column is not None:
+            log_kcal = log_kcal + features[:, self._layout.baseline_column]
         result: FloatArray = np.expm1(log_kcal)
         return result
 
@@ -115,35 +149,45 @@ def to_frame(raw: FloatArray) -> Any:
     return frame
 
 
-def trainer_gbm(model: Any) -> Any | None:
-    """The HistGradientBoostingRegressor inside the trainer's estimator layout, else None."""
+def fast_layout(model: Any) -> Layout | None:
+    """The layout of a trainer's estimator (CalorieModel, or the first model's), else None."""
     from sklearn.compose import TransformedTargetRegressor
     from sklearn.ensemble import HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
 
-    from calapi.model.pipeline import CalorieFeatures
+    from calapi.model.pipeline import CalorieFeatures, CalorieModel
 
-    if not isinstance(model, TransformedTargetRegressor):
+    if type(model) is CalorieModel:
+        gbm = getattr(model, "gbm_", None)
+        layout = Layout(gbm, model_features, BASELINE_COLUMN)
+    elif (
+        isinstance(model, TransformedTargetRegressor)
+        and model.inverse_func is np.expm1
+        and isinstance(model.regressor_, Pipeline)
+    ):
+        match model.regressor_.steps:
+            case [(_, features), (_, gbm)] if type(features) is CalorieFeatures:
+                layout = Layout(gbm, engineer_v1, None)
+            case _:
+                return None
+    else:
         return None
-    if model.inverse_func is not np.expm1 or not isinstance(model.regressor_, Pipeline):
+    gbm = layout.gbm
+    if not isinstance(gbm, HistGradientBoostingRegressor) or hasattr(gbm, "feature_names_in_"):
         return None
-    match model.regressor_.steps:
-        case [(_, features), (_, HistGradientBoostingRegressor() as gbm)] if (
-            type(features) is CalorieFeatures
-        ):
-            good = gbm.loss == "squared_error" and gbm.n_trees_per_iteration_ == 1
-            return gbm if good and not hasattr(gbm, "feature_names_in_") else None
-    return None
+    good = gbm.loss == "squared_error" and gbm.n_trees_per_iteration_ == 1
+    return layout if good else None
 
 
 def build_predictor(model: Any, probe: FloatArray) -> Predictor:
     """The fastest predictor equal to ``model.predict`` on ``probe`` rows, else the plain one."""
     plain = PlainPredictor(model)
-    gbm = trainer_gbm(model)
-    if gbm is None or not sklearn_compat.internals_usable():
+    layout = fast_layout(model)
+    if layout is None or not sklearn_compat.internals_usable():
         return plain
+    gbm = layout.gbm
     forest = pack_forest(sklearn_compat.forest_nodes(gbm), sklearn_compat.baseline(gbm))
-    fast = FastPredictor(gbm, forest)
+    fast = FastPredictor(layout, forest)
     expected = plain(probe)
     checks: list[Callable[[FloatArray], FloatArray]] = [fast, lambda rows: _big_path(fast, rows)]
     for check in checks:

@@ -22,11 +22,16 @@ SAFE_FILE: Final = "model.skops"
 SAFE_SUFFIX: Final = ".skops"
 PICKLE_FILE: Final = "model.joblib"
 PICKLE_SUFFIXES: Final = frozenset({".joblib", ".pkl", ".pickle", ".cloudpickle"})
-CALOPS_TYPE: Final = "calapi.model.pipeline.CalorieFeatures"  # stateless: it has no attributes
+# calops's model (its state: the fitted trees, checked below, and a column count) and the
+# first model's feature transformer (stateless: it has no attributes).
+CALOPS_TYPES: Final = (
+    "calapi.model.pipeline.CalorieModel",
+    "calapi.model.pipeline.CalorieFeatures",
+)
 HIST_TREE: Final = "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"
 TREE: Final = "sklearn.tree._tree.Tree"
 # Beyond skops's defaults: exactly what calops's own model and the hand-out's forests need.
-TRUSTED_TYPES: Final = (CALOPS_TYPE, HIST_TREE, TREE)
+TRUSTED_TYPES: Final = (*CALOPS_TYPES, HIST_TREE, TREE)
 ALLOW_PICKLE: Final = "--allow-pickle (CALOPS_ALLOW_PICKLE=true)"
 MAX_OBJECTS: Final = 1_000_000  # a model's object graph; a bigger one is not checked, so refused
 

@@ -89,9 +89,11 @@ def test_the_checked_predictor_is_the_fast_one_for_the_trainers_model(estimator:
 
 
 def test_a_model_pickled_before_the_move_still_loads(
-    estimator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    v1_estimator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pickle naming calapi.pipeline (pre-move) loads, predicts alike and gets the fast path."""
+    """A pickle naming calapi.pipeline (pre-move, first layout) loads, predicts alike and
+    gets the fast path."""
+    estimator = v1_estimator
     modern = pickle.dumps(estimator, protocol=0)
     assert b"ccalapi.model.pipeline\nCalorieFeatures\n" in modern
     old = modern.replace(b"ccalapi.model.pipeline\n", b"ccalapi.pipeline\n")

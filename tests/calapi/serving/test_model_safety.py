@@ -146,7 +146,7 @@ def test_skops_with_an_untrusted_function_is_refused_naming_it(tmp_path: Path) -
 def test_a_tree_pointing_outside_itself_is_refused(trained: Path) -> None:
     """Trusted tree types with indices out of bounds: refused before scikit-learn follows them."""
     model = load_model(trained / "model.skops")
-    gbm = model.regressor_.named_steps["gbm"]
+    gbm = model.gbm_
     nodes = gbm._predictors[0][0].nodes
     inner = int(np.flatnonzero(nodes["is_leaf"] == 0)[0])
     for field, value, reason in (
@@ -181,6 +181,7 @@ def test_a_forest_tree_with_a_bad_feature_is_refused(tmp_path: Path) -> None:
 def test_every_extra_trusted_type_is_named_exactly() -> None:
     """No module prefixes: each entry is one class, and nothing beyond what calops needs."""
     assert TRUSTED_TYPES == (
+        "calapi.model.pipeline.CalorieModel",
         "calapi.model.pipeline.CalorieFeatures",
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
         "sklearn.tree._tree.Tree",
