@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from calapi.errors import ConfigError
 
@@ -20,6 +20,16 @@ class DataConfig(_Section):
     source: str = "synthetic"
     synthetic_rows: Annotated[int, Field(gt=0)] = 100_000
     synthetic_seed: int = 42
+    # "low" (like the original Kaggle data), "high" (like Playground S5E5) or a log-normal sigma.
+    synthetic_noise: str | float = "low"
+
+    @field_validator("synthetic_noise")
+    @classmethod
+    def _known_noise(cls, value: str | float) -> str | float:
+        from calapi.model.synthetic import noise_sigma
+
+        noise_sigma(value)
+        return value
 
 
 class ModelConfig(_Section):
@@ -84,7 +94,10 @@ def load_config(path: Path | None = None) -> TrainConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"Config file {path}: {where}: {first['msg']}.") from None
+        # A validator's own sentence, without pydantic's "Value error, " in front.
+        reason = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
+        message = str(reason or first["msg"]).rstrip(".")
+        raise ConfigError(f"Config file {path}: {where}: {message}.") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from calapi.model.features import (
     FloatArray,
     sex_labels,
 )
-from calapi.model.synthetic import generate
+from calapi.model.synthetic import DEFAULT_NOISE, generate
 
 SYNTHETIC: Final = "synthetic"
 EXERCISE_FILE: Final = "exercise.csv"
@@ -59,13 +59,19 @@ class LoadedData:
 
 
 def load_training_data(
-    source: str | Path, *, synthetic_rows: int = 100_000, synthetic_seed: int = 42
+    source: str | Path,
+    *,
+    synthetic_rows: int = 100_000,
+    synthetic_seed: int = 42,
+    synthetic_noise: str | float = DEFAULT_NOISE,
 ) -> LoadedData:
     """Load training rows from ``"synthetic"`` or a CSV path in any supported layout."""
     if str(source).strip().lower() == SYNTHETIC:
-        frame = generate(synthetic_rows, synthetic_seed)[[*FEATURES, TARGET]]
+        frame = generate(synthetic_rows, synthetic_seed, noise=synthetic_noise)
+        frame = frame[[*FEATURES, TARGET]]
         description = (
-            f"synthetic (Keytel et al. 2005; rows={synthetic_rows}, seed={synthetic_seed})"
+            f"synthetic (Keytel et al. 2005; rows={synthetic_rows}, seed={synthetic_seed}, "
+            f"noise={synthetic_noise})"
         )
         return LoadedData(frame, description, synthetic=True)
     path = Path(source)

@@ -66,14 +66,8 @@ def _shift_covariates(block: RowBlock, strength: FloatArray) -> RowBlock:
 
 def physiology(sex: np.ndarray, numeric: FloatArray) -> FloatArray:
     """Noise-free kcal of the synthetic generator's equation for these rows."""
-    from calapi.model.features import MALE_CODE, encode_sex
+    from calapi.model.features import encode_sex
     from calapi.model.synthetic import true_calories
 
-    column = dict(zip(NUMERIC_FEATURES, numeric.T, strict=True))
-    return true_calories(
-        male=np.array([encode_sex(value) for value in sex]) == MALE_CODE,
-        heart_rate=column["Heart_Rate"],
-        weight=column["Weight"],
-        age=column["Age"],
-        duration=column["Duration"],
-    )
+    codes = np.array([encode_sex(value) for value in sex], dtype=np.float64)
+    return true_calories(np.column_stack((codes, numeric)))

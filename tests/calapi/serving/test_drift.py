@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from calapi.model.features import FEATURES, MALE, NUMERIC_FEATURES, FloatArray, encode_sex
+from calapi.model.data import raw_matrix
+from calapi.model.features import FEATURES, NUMERIC_FEATURES, FloatArray, encode_sex
 from calapi.model.synthetic import generate, true_calories
 from calapi.model.train import distribution
 from calapi.serving.drift import (
@@ -40,10 +41,7 @@ class FakeClock:
 
 def expected_kcal(frame: pd.DataFrame) -> FloatArray:
     """The synthetic physiology's noise-free kcal for generated rows (the stand-in prediction)."""
-    return true_calories(
-        male=(frame["Sex"] == MALE).to_numpy(), heart_rate=frame["Heart_Rate"],
-        weight=frame["Weight"], age=frame["Age"], duration=frame["Duration"],
-    )  # fmt: skip
+    return true_calories(raw_matrix(frame))
 
 
 def rows(n: int, seed: int, shift: dict[str, float] | None = None) -> tuple[FloatArray, FloatArray]:
