@@ -928,6 +928,9 @@ def test_cli_json_summary(
     plain = CliRunner().invoke(app, ["train", "--config", str(worse)])
     assert plain.exit_code == 0, plain.stderr
     assert "serving: not promoted: RMSLE" in plain.stdout
+    # The score next to Keytel's equations on the same rows, so a user sees what was learned.
+    assert re.search(r"rmsle: [\d.]+ \(Keytel's equations alone: [\d.]+\)", plain.stdout)
+    assert summary["metrics"]["baseline_rmsle"] > summary["metrics"]["rmsle"]
     assert f"run folder: {artifacts(isolated_home) / 'runs'}" in plain.stdout
 
 

@@ -102,6 +102,7 @@ def assert_logged(uri: str, summary: dict[str, Any], config: TrainConfig, folder
     assert run_folder.name == summary["run_id"]
     metrics = json.loads((run_folder / "metrics.json").read_text())
     assert run.data.metrics == numeric_metrics(metrics)
+    assert run.data.metrics["baseline_rmsle"] > run.data.metrics["rmsle"]  # Keytel's, logged
     assert run.data.tags["calops.data.synthetic"] == "true"
     assert {item.path for item in mlflow.list_artifacts(run.info.run_id)} >= LOGGED_FILES
     version = mlflow.get_model_version(NAME, summary["model_version"])

@@ -24,8 +24,17 @@ from calapi.errors import CalopsError, ConfigError, DataError
 from calapi.model.artifact import file_sha256, staged_files, sync, write_json
 from calapi.model.card import CardFacts, build_card
 from calapi.model.config import HoldoutConfig, TrainConfig, default_config_path, load_config
-from calapi.model.data import LoadedData, load_training_data
-from calapi.model.features import FEATURES, FEMALE, MALE, NUMERIC_FEATURES, TARGET, FloatArray
+from calapi.model.data import LoadedData, load_training_data, raw_matrix
+from calapi.model.features import (
+    FEATURES,
+    FEMALE,
+    MALE,
+    NUMERIC_FEATURES,
+    SAMPLE_WEIGHT,
+    TARGET,
+    FloatArray,
+    keytel_kcal,
+)
 from calapi.model.pipeline import build_model, check_model_config
 from calapi.model.safeformat import SAFE_FILE, dump_safe
 
@@ -41,8 +50,7 @@ BINNING: Final = (
     "open-ended, so fractions has len(edges) + 1 entries: (-inf, e0), [e0, e1), ..., [e_last, inf)."
 )
 ESTIMATOR_TYPE: Final = (
-    "TransformedTargetRegressor(log1p/expm1) over "
-    "Pipeline(features=CalorieFeatures, gbm=HistGradientBoostingRegressor)"
+    "CalorieModel: expm1(Keytel log1p(kcal) + HistGradientBoostingRegressor on MODEL_FEATURES)"
 )
 
 
@@ -108,7 +116,11 @@ def _fit(config: TrainConfig, loaded: LoadedData, split: _Split, say: Progress) 
     say(f"Fitting on {len(split.train)} rows")
     model = build_model(config.model)
     started = time.perf_counter()
-    model.fit(split.train[list(FEATURES)], split.train[TARGET].to_numpy(dtype=np.float64))
+    model.fit(
+        split.train[list(FEATURES)],
+        split.train[TARGET].to_numpy(dtype=np.float64),
+        sample_weight=_weights(split.train),
+    )
     fit_seconds = time.perf_counter() - started
     say("Evaluating")
     train_predictions = model.predict(split.train[list(FEATURES)])
@@ -156,6 +168,14 @@ def _quiet(_message: str) -> None:
     return None
 
 
+def _weights(frame: pd.DataFrame) -> FloatArray | None:
+    """The rows' ``SAMPLE_WEIGHT`` column (``calops retrain`` weighs its base rows), if any."""
+    if SAMPLE_WEIGHT not in frame.columns:
+        return None
+    weights: FloatArray = frame[SAMPLE_WEIGHT].to_numpy(dtype=np.float64)
+    return weights
+
+
 def _load(config: TrainConfig, data: LoadedData | str | Path | None) -> LoadedData:
     if isinstance(data, LoadedData):
         return data
@@ -163,6 +183,7 @@ def _load(config: TrainConfig, data: LoadedData | str | Path | None) -> LoadedDa
         config.data.source if data is None else data,
         synthetic_rows=config.data.synthetic_rows,
         synthetic_seed=config.data.synthetic_seed,
+        synthetic_noise=config.data.synthetic_noise,
     )
 
 
@@ -181,8 +202,12 @@ def _split(frame: pd.DataFrame, settings: HoldoutConfig, enabled: bool) -> _Spli
 
 
 def _metrics(split: _Split, predicted: FloatArray, fit_seconds: float) -> dict[str, Any]:
+    truth = split.evaluation[TARGET].to_numpy(dtype=np.float64)
+    baseline = regression_metrics(truth, keytel_kcal(raw_matrix(split.evaluation)))
     return {
-        **regression_metrics(split.evaluation[TARGET].to_numpy(dtype=np.float64), predicted),
+        **regression_metrics(truth, predicted),
+        # Keytel's equations alone on the same rows: what the model must beat to have learned.
+        "baseline_rmsle": baseline["rmsle"],
         "n_train": len(split.train),
         "n_holdout": len(split.evaluation) if split.holdout else 0,
         "fit_seconds": round(fit_seconds, 3),
@@ -252,7 +277,7 @@ def _reference(train: pd.DataFrame, predictions: FloatArray) -> dict[str, Any]:
 
 
 def _estimator(model: Any) -> dict[str, Any]:
-    gbm = model.regressor_.named_steps["gbm"]
+    gbm = model.gbm_
     params = {k: v for k, v in gbm.get_params().items() if _is_json_scalar(v)}
     return {"type": ESTIMATOR_TYPE, "params": params, "n_iter": int(gbm.n_iter_)}
 
@@ -337,6 +362,8 @@ def summary(result: TrainResult) -> str:
             f"data: {data['source']} ({data['rows']} rows)",
             f"{metrics['evaluated_on']} RMSLE {metrics['rmsle']:.4f}  RMSE {metrics['rmse']:.2f}"
             f"  MAE {metrics['mae']:.2f}  R2 {metrics['r2']:.4f}",
+            f"baseline: Keytel's equations alone, RMSLE {metrics['baseline_rmsle']:.4f} on the "
+            "same rows",
             f"fit: {metrics['n_train']} rows in {metrics['fit_seconds']:.1f} s",
             f"wrote: {written}",
         )

@@ -166,7 +166,7 @@ def _rows(summary: TrainSummary) -> list[tuple[str, str]]:
         ("pointer", summary.serving_pointer),
         ("evaluated on", summary.evaluated_on),
     ]
-    rows += [(name, f"{value:.6g}") for name, value in summary.metrics.items()]
+    rows += [_metric_row(name, value, summary.metrics) for name, value in summary.metrics.items()]
     rows += [
         ("data", summary.data_source),
         ("run folder", summary.run_folder),
@@ -175,6 +175,14 @@ def _rows(summary: TrainSummary) -> list[tuple[str, str]]:
         ("model uri", summary.model_uri),
     ]
     return rows
+
+
+def _metric_row(name: str, value: float, metrics: dict[str, float]) -> tuple[str, str]:
+    """One metric; the RMSLE shown beside Keytel's on the same rows, so learning shows."""
+    baseline = metrics.get("baseline_rmsle")
+    if name == "rmsle" and baseline is not None:
+        return name, f"{value:.6g} (Keytel's equations alone: {baseline:.6g})"
+    return name, f"{value:.6g}"
 
 
 def _show(summary: TrainSummary, *, json_output: bool) -> None:
