@@ -26,6 +26,7 @@ from calopsctl import lifecycle
 from calopsctl.cli import app
 from calopsctl.retraining import (
     BASE_SHARE,
+    BASE_WEIGHT,
     LINEAGE_FILE,
     NotEnoughTrafficError,
     RetrainOptions,
@@ -243,6 +244,17 @@ def test_drifted_traffic_trains_a_better_challenger_that_is_promoted(
     assert summary.window_start == datetime.fromtimestamp(NOW - 300, UTC).isoformat(
         timespec="seconds"
     )
+
+
+def test_base_rows_do_not_pull_a_drifted_fit_back(project: Path, fake: FakeTracker) -> None:
+    """Base rows count BASE_WEIGHT of a traffic row: under concept drift the challenger scores
+    close to one trained on the traffic alone, and the data source says so."""
+    drifted = traffic(1500, scale=CONCEPT)
+    mixed = run(project, fake, drifted)
+    alone = run(project, fake, drifted, base_data="none")
+    assert mixed.rows_base == 300
+    assert f"(weight {BASE_WEIGHT:g})" in fake.records[-2].params["data.source"]
+    assert mixed.challenger_rmsle < 1.25 * alone.challenger_rmsle
 
 
 def test_lineage_is_logged_and_kept_in_the_run_folder(project: Path, fake: FakeTracker) -> None:
