@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import threading
@@ -245,6 +246,20 @@ async def test_a_refused_model_is_counted_as_refused(loaded_model: LoadedModel) 
     assert holder.stale is not None
     assert holder.stale.result == "refused"
     assert sample(registry, "app_model_reloads_total", result="refused") == 1
+
+
+@pytest.mark.anyio
+async def test_a_load_leaves_its_survivors_frozen(loaded_model: LoadedModel) -> None:
+    """What a load leaves behind (the numba kernels' many objects) is collected and frozen
+    before the model answers, so no full collection scans it under traffic."""
+    gc.unfreeze()
+    holder = ModelHolder(SlowSource(loaded_model), ApiMetrics(CollectorRegistry()))
+    try:
+        assert gc.get_freeze_count() == 0
+        await holder.refresh()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 # -- the real server --------------------------------------------------------------------------
