@@ -60,6 +60,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def quality(session: nox.Session) -> None:
+    """Holdout RMSLE of the default model on both synthetic noise regimes next to LightGBM."""
+    session.install("-e", ".", "lightgbm>=4")
+    session.run("python", "bench/quality.py", *session.posargs)
+
+
+@nox.session(default=False)
 def soak(session: nox.Session) -> None:
     """The API's memory over minutes of traffic with feedback (default 10 min at 200 req/s)."""
     session.install("-e", ".[cli]")
