@@ -10,7 +10,7 @@ import typer
 
 from calapi import __version__
 from calopsctl.application import Application
-from calopsctl.commands import k8s, model, serving, stack, traffic
+from calopsctl.commands import k8s, model, observe, serving, stack, traffic
 from calopsctl.console import expected_failures
 
 app = typer.Typer(
@@ -104,6 +104,8 @@ _register(stack.down, "down", "Stack")
 _register(stack.health, "health", "Stack")
 _register(stack.info, "info", "Stack")
 _register(stack.logs, "logs", "Stack")
+_register(observe.watch, "watch", "Stack")
+_register(observe.report, "report", "Stack")
 _register(model.train, "train", "Model")
 _register(model.retrain, "retrain", "Model")
 _register(model.models, "models", "Model")
