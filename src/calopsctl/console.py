@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, ParamSpec, TypeVar
 
 import typer
@@ -16,6 +17,7 @@ from calapi.errors import CalopsError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+E = TypeVar("E", bound=Enum)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -34,6 +36,25 @@ def print_json(data: Any) -> None:
 def fail(message: str) -> None:
     """Print one error sentence on stderr, as written: brackets in it are text, not markup."""
     err.print(f"[bold red]Error:[/] {escape(message)}")
+
+
+def one_of(kind: type[E]) -> Callable[[str | E], E]:
+    """A Typer ``parser=`` for an enum option: a member, or a usage error listing the choices.
+
+    Typer validates enum options with pydantic, whose error text starts "Value error, ";
+    parsing here keeps the message to the one sentence a user needs.
+    """
+
+    def parse(value: str | E) -> E:
+        if isinstance(value, kind):
+            return value
+        for member in kind:
+            if member.value == value:
+                return member
+        choices = ", ".join(str(member.value) for member in kind)
+        raise typer.BadParameter(f"{value!r} is not one of {choices}.")
+
+    return parse
 
 
 def expected_failures(command: Callable[P, R]) -> Callable[P, R]:

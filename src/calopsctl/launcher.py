@@ -25,3 +25,7 @@ def main() -> None:
         )
         raise SystemExit(1) from None
     app()
+
+
+if __name__ == "__main__":  # `python -m calopsctl.launcher`, as a checkout runs `calops`
+    main()

@@ -31,3 +31,13 @@ def test_without_the_cli_extra_it_says_how_to_get_it() -> None:
     assert result.returncode == 1
     assert "pip install 'calops[cli]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_module_runs_the_cli_too() -> None:
+    """`python -m calopsctl.launcher` is `calops` (how a checkout runs it without installing)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "calopsctl.launcher", "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("calops ")

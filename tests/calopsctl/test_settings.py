@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from calapi.errors import CalopsError
 from calopsctl.application import Application
@@ -98,6 +100,30 @@ def test_invalid_setting_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> Non
         build(ApiSettings)
 
 
+class _Checked(BaseSettings):
+    """Settings whose validator refuses a value in its own words."""
+
+    model_config = SettingsConfigDict(env_prefix="CALOPS_TEST_")
+    mode: str = "fast"
+
+    @field_validator("mode")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in ("fast", "safe"):
+            raise ValueError(f"{value!r} is not one of fast, safe")
+        return value
+
+
+def test_a_validators_sentence_comes_without_pydantics_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ValueError from a validator reads as its own words, not "Value error, ..."."""
+    monkeypatch.setenv("CALOPS_TEST_MODE", "sideways")
+    with pytest.raises(CalopsError) as caught:
+        build(_Checked)
+    assert str(caught.value) == "Invalid setting mode: 'sideways' is not one of fast, safe."
+
+
 def test_application_reads_the_settings_once(
     clean_environment: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,14 +136,35 @@ def test_application_reads_the_settings_once(
     assert first.home == clean_environment / "first"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["up", "--help"], ["serve", "--help"]])
+# What `--help` never needs: each is imported by the code that uses it, when a command runs.
+HEAVY_FOR_HELP = (
+    "pydantic_settings",
+    "calopsctl.settings",
+    "calapi.serving.settings",
+    "calapi.serving.schemas",
+    "httpx",
+    "numpy",
+    "pandas",
+    "orjson",
+    "yaml",
+    "mlflow",
+    "python_on_whales",
+    "rich.live",
+    "calopsctl.simulator.run",
+    "calopsctl.simulator.engine",
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["up", "--help"], ["serve", "--help"], ["simulate", "--help"], ["--version"]],
+)
 def test_help_imports_neither_settings_nor_schemas(args: list[str]) -> None:
-    """`calops --help` stays fast: pydantic-settings and the API's modules are not imported."""
+    """`calops --help` stays fast: settings, the API's modules and data libraries stay out."""
     script = (
         "import sys; from typer.testing import CliRunner; from calopsctl.cli import app; "
         f"result = CliRunner().invoke(app, {args!r}); assert result.exit_code == 0; "
-        "heavy = ('pydantic_settings', 'calapi.serving.settings', 'calapi.serving.schemas'); "
-        "print([name for name in heavy if name in sys.modules])"
+        f"print([name for name in {HEAVY_FOR_HELP!r} if name in sys.modules])"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True

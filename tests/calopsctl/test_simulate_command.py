@@ -104,16 +104,40 @@ def test_seed_url_variable_picks_the_target(
         ("--batch-size", "0"),
         ("--max-in-flight", "0"),
         ("--timeout", "0"),
+        ("--rps", "fast"),
+        ("--count", "1.5"),
+        ("--seed", "x"),
+        ("--drift", "sideways"),
     ],
 )
 def test_out_of_range_option_is_a_usage_error_naming_it(
     runs: list[SimulationSettings], option: str, value: str
 ) -> None:
-    """A value outside an option's range exits 2 naming the option, and nothing is sent."""
+    """A bad value exits 2 naming the option, without pydantic's prefix, and nothing is sent."""
     result = runner.invoke(app, ["simulate", option, value])
     assert result.exit_code == 2
     assert option in result.output
+    assert "Value error" not in result.output
     assert runs == []
+
+
+def test_unknown_drift_lists_the_choices_in_one_sentence(runs: list[SimulationSettings]) -> None:
+    """--drift sideways: a usage error saying the value and the real choices, nothing more."""
+    result = runner.invoke(app, ["simulate", "--drift", "sideways"])
+    assert result.exit_code == 2
+    words = " ".join(result.output.replace("│", " ").split())  # the error box wraps it
+    message = (
+        "Invalid value for '--drift': 'sideways' is not one of none, covariate, concept, both."
+    )
+    assert message in words
+    assert runs == []
+
+
+def test_every_drift_kind_is_accepted(runs: list[SimulationSettings]) -> None:
+    """The parser that words the error still turns each choice into its DriftKind."""
+    for kind in DriftKind:
+        assert runner.invoke(app, ["simulate", "--drift", kind.value]).exit_code == 0
+    assert [settings.drift for settings in runs] == list(DriftKind)
 
 
 def test_duration_and_count_together_are_refused(runs: list[SimulationSettings]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from calopsctl.simulator.transport import (
     Reply,
     Transport,
 )
-from calopsctl.simulator.view import QuietView
+from calopsctl.simulator.view import QuietView, Snapshot
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -40,6 +41,7 @@ class FakeApi:
         self.delay = delay
         self.status = status
         self.health = 200
+        self.health_delay = 0.0
         self.predicted: dict[str, float] = {}
         self.feedback: dict[str, float] = {}
         self.requests = 0
@@ -60,6 +62,7 @@ class FakeApi:
 
     async def route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         if (method, path) == ("GET", "/healthz"):
+            await asyncio.sleep(self.health_delay)
             return self.health, {"status": "ok"}
         if (method, path) == ("POST", "/predict"):
             return await self.predict(orjson.loads(body))
@@ -286,6 +289,62 @@ def test_unreachable_api_at_start_is_one_sentence() -> None:
 
     with pytest.raises(CalopsError, match=r"Cannot reach the API at http://fake; start it"):
         simulate(settings(), view=QuietView(), transport=refused)
+
+
+def test_nothing_is_announced_before_the_api_answered() -> None:
+    """An API that is down is said to be down, without a "Sending ..." line before it."""
+
+    def refused(s: SimulationSettings) -> Transport:
+        return HttpxTransport("http://127.0.0.1:9", connections=1, timeout=1.0)
+
+    said: list[str] = []
+    with pytest.raises(CalopsError, match="Cannot reach the API"):
+        simulate(settings(), view=QuietView(), announce=said.append, transport=refused)
+    assert said == []
+    simulate(settings(), view=QuietView(), announce=said.append, transport=over(FakeApi()))
+    assert said[0].startswith("Sending 40 requests at 400/s to http://fake; Ctrl-C stops.")
+
+
+def test_api_silent_at_start_is_one_sentence_after_a_short_wait() -> None:
+    """/healthz never answering: a sentence naming the wait within the check's timeout."""
+    app = FakeApi()
+    app.health_delay = 30.0
+    started = time.monotonic()
+    with pytest.raises(CalopsError, match=r"did not answer /healthz within 0\.3s; check it"):
+        run(app, timeout=0.3)
+    assert time.monotonic() - started < 5.0
+    assert app.requests == 0
+
+
+class RecordingView:
+    """Keeps every snapshot it is shown, ten times a second."""
+
+    interval = 0.1
+
+    def __init__(self) -> None:
+        self.shown: list[Snapshot] = []
+
+    def start(self) -> None:
+        pass
+
+    def show(self, snap: Snapshot) -> None:
+        self.shown.append(snap)
+
+    def stop(self) -> None:
+        pass
+
+
+def test_progress_after_sending_is_the_feedback_drain() -> None:
+    """Once every request went, progress counts the truths left and stops the clock."""
+    view = RecordingView()
+    simulate(settings(feedback_delay=0.6), view=view, transport=over(FakeApi()))
+    draining = [snap for snap in view.shown if snap.draining]
+    assert draining, view.shown
+    assert all(snap.sent == 40 and snap.rate_text == "done" for snap in draining)
+    assert 0 < (draining[0].feedback_left or 0) <= 40
+    assert all(snap.progress.startswith("0/0s sent · ") for snap in draining)
+    assert draining[0].progress.startswith("0/0s sent · draining feedback, ")
+    assert view.shown[-1].progress == "0/0s sent · no feedback left"  # the frame left on screen
 
 
 def test_api_without_a_model_is_one_sentence() -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from calopsctl.application import settings
-from calopsctl.console import err
+from calopsctl.console import err, one_of
 from calopsctl.console import out as out_console
 from calopsctl.project import describe
 from calopsctl.services import API, loopback_url
@@ -104,7 +104,8 @@ def simulate(
         DriftKind,
         typer.Option(
             help="covariate: inputs shift (heavier, longer, harder sessions); concept: the same "
-            "inputs burn up to 30% more; both."
+            "inputs burn up to 30% more; both.",
+            parser=one_of(DriftKind),
         ),
     ] = DriftKind.NONE,
     drift_start: Annotated[

@@ -56,6 +56,7 @@ class Engine:
         self._answering: set[asyncio.Task[None]] = set()
         self._jitter = random.Random(settings.seed)
         self.started: float | None = None
+        self.sending_ended: float | None = None  # then only answers and feedback are awaited
         self.outage = Outage(window=settings.gone_after)
         self.gone: str | None = None  # why the API counts as gone, once it does
 
@@ -65,6 +66,7 @@ class Engine:
         feedback_loop = asyncio.create_task(self._feedback_loop(sending_done))
         try:
             await self._send_all()
+            self.sending_ended = self.clock()
             await self._settle(self._predicting, self.settings.timeout + 1.0)
             sending_done.set()
             await feedback_loop
@@ -72,6 +74,11 @@ class Engine:
         finally:
             feedback_loop.cancel()
             await _cancel(self._predicting | self._answering | {feedback_loop})
+
+    @property
+    def feedback_left(self) -> int:
+        """Truths not yet answered: waiting for their due time or on their way."""
+        return len(self.feedback) + len(self._answering)
 
     async def _send_all(self) -> None:
         t0 = self.started = self.clock()

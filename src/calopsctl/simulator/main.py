@@ -9,7 +9,14 @@ from calapi.errors import CalopsError
 from calopsctl import console
 from calopsctl.simulator.run import simulate
 from calopsctl.simulator.settings import SimulationSettings
-from calopsctl.simulator.view import LiveView, PlainView, QuietView, View, print_summary
+from calopsctl.simulator.view import (
+    LiveView,
+    PlainView,
+    QuietView,
+    View,
+    announce,
+    print_summary,
+)
 
 EXIT_INTERRUPTED = 130
 
@@ -50,8 +57,8 @@ def _view(json_output: bool) -> View:
 
 
 def _announcer(json_output: bool) -> Callable[[str], None]:
-    def announce(line: str) -> None:
+    def say(text: str) -> None:
         if not json_output:
-            console.out.print(line, markup=False, highlight=False)
+            announce(console.out, text)
 
-    return announce
+    return say

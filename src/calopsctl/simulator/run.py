@@ -15,9 +15,9 @@ from calopsctl.simulator.plan import RequestPlan
 from calopsctl.simulator.rows import load_pool
 from calopsctl.simulator.settings import SimulationSettings
 from calopsctl.simulator.stats import Stats, summary
-from calopsctl.simulator.target import check_api
+from calopsctl.simulator.target import CHECK_TIMEOUT_S, check_api
 from calopsctl.simulator.transport import HttpxTransport, Transport
-from calopsctl.simulator.view import RateMeter, View, snapshot
+from calopsctl.simulator.view import RateMeter, Snapshot, View, snapshot
 
 TransportFactory = Callable[[SimulationSettings], Transport]
 
@@ -49,8 +49,10 @@ def simulate(
     )
     plan = RequestPlan(settings, pool)
     stats = Stats(target_rps=settings.rps, planned=len(plan))
-    announce(_announcement(settings, pool.source))
-    ending, elapsed = asyncio.run(_drive(settings, plan, stats, view, transport(settings)))
+    opening = announcement(settings, pool.source)
+    ending, elapsed = asyncio.run(
+        _drive(plan, stats, view, transport(settings), ready=lambda: announce(opening))
+    )
     return summary(stats, run=_run_facts(settings, pool.source, plan.run_id, ending, elapsed))
 
 
@@ -63,36 +65,51 @@ class Ending:
 
 
 async def _drive(
-    settings: SimulationSettings, plan: RequestPlan, stats: Stats, view: View, client: Transport
+    plan: RequestPlan, stats: Stats, view: View, client: Transport, *, ready: Callable[[], None]
 ) -> tuple[Ending, float]:
+    """Check the API, then call ``ready`` (which says what is sent) and run the engine.
+
+    The check comes first so that a run against an API that is down says so and nothing else.
+    """
+    settings = plan.settings
     try:
-        await check_api(client, settings.url)
+        await check_api(client, settings.url, timeout=min(settings.timeout, CHECK_TIMEOUT_S))
+        ready()
         engine = Engine(settings, plan, client, stats)
-        loop = asyncio.get_running_loop()
-        with _stop_on_signals(engine.stop):
-            view.start()
-            progress = asyncio.create_task(_show_progress(view, engine, stats))
-            try:
-                await engine.run()
-            finally:
-                progress.cancel()
-                await asyncio.gather(progress, return_exceptions=True)
-                view.stop()
+        await _run_with_progress(engine, view)
         ending = Ending(interrupted=engine.stop.is_set() and not engine.gone, api_gone=engine.gone)
-        return ending, loop.time() - (engine.started or loop.time())
+        return ending, engine.clock() - (engine.started or engine.clock())
     finally:
         await client.aclose()
 
 
-async def _show_progress(view: View, engine: Engine, stats: Stats) -> None:
+async def _run_with_progress(engine: Engine, view: View) -> None:
+    with _stop_on_signals(engine.stop):
+        view.start()
+        progress = asyncio.create_task(_show_progress(view, engine))
+        try:
+            await engine.run()
+            view.show(_progress_now(engine, rate=None))  # the last frame: what the drain left
+        finally:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
+            view.stop()
+
+
+async def _show_progress(view: View, engine: Engine) -> None:
     meter = RateMeter()
-    meter(engine.clock(), stats.sent)
-    planned_s = engine.settings.planned_seconds
+    meter(engine.clock(), engine.stats.sent)
     while True:
         await asyncio.sleep(view.interval)
-        now = engine.clock()
-        elapsed = now - (engine.started or now)
-        view.show(snapshot(stats, elapsed, planned_s, meter(now, stats.sent)))
+        view.show(_progress_now(engine, meter(engine.clock(), engine.stats.sent)))
+
+
+def _progress_now(engine: Engine, rate: float | None) -> Snapshot:
+    """The engine's state now; once sending is over, with the feedback still to go back."""
+    now = engine.clock()
+    left = engine.feedback_left if engine.sending_ended is not None else None
+    elapsed = now - (engine.started or now)
+    return snapshot(engine.stats, elapsed, engine.settings.planned_seconds, rate, left)
 
 
 @contextlib.contextmanager
@@ -118,18 +135,17 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
-def _announcement(settings: SimulationSettings, source: str) -> str:
-    length = (
-        f"{settings.count} requests"
-        if settings.count is not None
-        else f"{settings.planned_seconds:g}s ({settings.requests} requests)"
-    )
+def announcement(settings: SimulationSettings, source: str) -> str:
+    """Two short lines (what goes where; which rows and truths) rather than one too wide."""
+    requests = f"{settings.requests} request{'s' if settings.requests != 1 else ''}"
+    if settings.count is None:
+        requests = f"{settings.planned_seconds:g}s ({requests})"
     drift = "" if settings.drift == "none" else f", {settings.drift} drift from "
     drift += f"{settings.drift_start_s:g}s" if drift else ""
     return (
-        f"Sending {length} at {settings.rps:g}/s to {settings.url} (rows: {source}{drift}, "
-        f"feedback {settings.feedback_fraction:g} after {settings.feedback_delay:g}s); "
-        "Ctrl-C stops."
+        f"Sending {requests} at {settings.rps:g}/s to {settings.url}; Ctrl-C stops.\n"
+        f"Rows: {source}{drift}; feedback for {settings.feedback_fraction:.0%} of rows after "
+        f"{settings.feedback_delay:g}s."
     )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 from pathlib import Path
 from typing import Final
 
 from calapi.errors import CalopsError
 from calopsctl.services import API, loopback_url
-from calopsctl.simulator.transport import Transport, TransportError
+from calopsctl.simulator.transport import TimedOutError, Transport, TransportError
 
 DEFAULT_URL: Final = loopback_url(API.default_port)
+# /healthz answers at once when the API is up; waiting longer only delays saying it is not.
+CHECK_TIMEOUT_S: Final = 5.0
 
 
 def resolve_url(explicit: str | None, *, seed_url: str | None, home: Path) -> str:
@@ -26,10 +29,16 @@ def resolve_url(explicit: str | None, *, seed_url: str | None, home: Path) -> st
     return DEFAULT_URL
 
 
-async def check_api(client: Transport, url: str) -> None:
+async def check_api(client: Transport, url: str, *, timeout: float = CHECK_TIMEOUT_S) -> None:
     """Raise CalopsError with one sentence unless the API at ``url`` serves a model."""
     try:
-        reply = await client.get("/healthz")
+        async with asyncio.timeout(timeout):
+            reply = await client.get("/healthz")
+    except (TimeoutError, TimedOutError):
+        raise CalopsError(
+            f"The API at {url} did not answer /healthz within {timeout:g}s; check it with "
+            "`calops health`, or pass --url if it is not the API you meant."
+        ) from None
     except TransportError:
         raise CalopsError(
             f"Cannot reach the API at {url}; start it with `calops up` (or `calops serve`) "

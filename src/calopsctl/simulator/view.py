@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from calopsctl.simulator.stats import RATE_NEEDS_SENDS, Stats
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, Group
     from rich.live import Live
     from rich.table import Table
 
@@ -32,6 +32,31 @@ class Snapshot:
     rmsle: float | None
     rmsle_recent: float | None
     feedback_ok: int
+    feedback_left: int | None = None  # set once sending is over: truths still to go back
+
+    @property
+    def draining(self) -> bool:
+        """Sending is over; the run waits for the last answers and feedback."""
+        return self.feedback_left is not None
+
+    @property
+    def progress(self) -> str:
+        """``23/40s``; once sending is over ``40/40s sent · draining feedback, 12 left``.
+
+        The drain can outlast the planned seconds; the clock stops at them rather than read
+        45/40s, and the rate is said to be done rather than shown as a stalled 0.0.
+        """
+        if self.feedback_left is None:
+            return f"{self.elapsed:.0f}/{self.planned_s:.0f}s"
+        sent = f"{min(self.elapsed, self.planned_s):.0f}/{self.planned_s:.0f}s sent"
+        if not self.feedback_left:
+            return f"{sent} · no feedback left"
+        return f"{sent} · draining feedback, {self.feedback_left} left"
+
+    @property
+    def rate_text(self) -> str:
+        """Requests per second, or ``done`` once sending is over."""
+        return "done" if self.draining else _num(self.rate, ".1f")
 
 
 class RateMeter:
@@ -48,7 +73,14 @@ class RateMeter:
         return (sent - before) / (now - then) if now > then else None
 
 
-def snapshot(stats: Stats, elapsed: float, planned_s: float, rate: float | None) -> Snapshot:
+def snapshot(
+    stats: Stats,
+    elapsed: float,
+    planned_s: float,
+    rate: float | None,
+    feedback_left: int | None = None,
+) -> Snapshot:
+    """What to show now; ``feedback_left`` only once sending is over (the drain)."""
     return Snapshot(
         elapsed=elapsed,
         planned_s=planned_s,
@@ -60,7 +92,17 @@ def snapshot(stats: Stats, elapsed: float, planned_s: float, rate: float | None)
         rmsle=stats.accuracy.value,
         rmsle_recent=stats.accuracy.recent_value,
         feedback_ok=stats.feedback.ok,
+        feedback_left=feedback_left,
     )
+
+
+def announce(console: Console, text: str) -> None:
+    """The run's opening lines; a terminal gets them wrapped between words, a pipe whole.
+
+    The console soft-wraps (no line breaks of its own, for logs), which on a terminal lets the
+    terminal break a long line mid-word.
+    """
+    console.print(text, markup=False, highlight=False, soft_wrap=not console.is_terminal)
 
 
 class View(Protocol):
@@ -102,9 +144,10 @@ class PlainView:
         pass
 
     def show(self, snap: Snapshot) -> None:
+        rate = "rate done" if snap.draining else f"rate {snap.rate_text}/s"
         self.console.print(
-            f"[{snap.elapsed:6.1f}s] sent {snap.sent} ok {snap.ok} errors {snap.errors} "
-            f"rate {_num(snap.rate, '.1f')}/s p95 {_num(snap.p95_ms, '.1f')} ms "
+            f"[{snap.progress}] sent {snap.sent} ok {snap.ok} errors {snap.errors} "
+            f"{rate} p95 {_num(snap.p95_ms, '.1f')} ms "
             f"rmsle {_num(snap.rmsle, '.4f')} (30s {_num(snap.rmsle_recent, '.4f')}) "
             f"feedback {snap.feedback_ok}",
             markup=False,
@@ -129,25 +172,36 @@ class LiveView:
         self._live.start()
 
     def show(self, snap: Snapshot) -> None:
-        self._live.update(_table(snap), refresh=True)
+        self._live.update(frame(snap), refresh=True)
 
     def stop(self) -> None:
         self._live.stop()
 
 
+def frame(snap: Snapshot) -> Group:
+    """One live frame: a line saying where the run is, then the counters' table.
+
+    Narrow enough for an 80-column terminal: the progress is a line of its own (it grows
+    while draining), headers are short words that may stack, and there is no outer border.
+    """
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(f"calops simulate · {snap.progress}", style="bold"), _table(snap))
+
+
 def _table(snap: Snapshot) -> Table:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="calops simulate", show_header=True, header_style="bold")
-    for column in ("elapsed", "sent", "ok", "errors", "rate/s", "p95 ms", "RMSLE", "RMSLE 30s"):
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
+    for column in ("sent", "ok", "errors", "rate/s", "p95 ms", "RMSLE", "RMSLE 30s", "feedback"):
         table.add_column(column, justify="right")
-    table.add_column("feedback", justify="right")
     table.add_row(
-        f"{snap.elapsed:.0f}/{snap.planned_s:.0f}s",
         str(snap.sent),
         f"[green]{snap.ok}[/]",
         f"[red]{snap.errors}[/]" if snap.errors else "0",
-        _num(snap.rate, ".1f"),
+        snap.rate_text,
         _num(snap.p95_ms, ".1f"),
         _num(snap.rmsle, ".4f"),
         _num(snap.rmsle_recent, ".4f"),
