@@ -66,12 +66,25 @@ class ReplicaCheck(Check):
 
 
 def report(checks: list[Check]) -> dict[str, Any]:
-    """`calops health --json`: the verdict, the service checks and one entry per replica."""
+    """`calops health --json`: the verdict, why (the first failing check; None when healthy),
+    the service checks and one entry per replica."""
+    down = failing(checks)
     return {
-        "healthy": healthy(checks),
+        "healthy": not down,
+        "reason": _reason_of(down[0]) if down else None,
         "checks": [c.as_dict() for c in checks if not isinstance(c, ReplicaCheck)],
         "replicas": [c.as_replica() for c in checks if isinstance(c, ReplicaCheck)],
     }
+
+
+def unchecked(reason: str) -> dict[str, Any]:
+    """`calops health --json` when there is nothing to check (no stack recorded): the same keys,
+    so a script reads the verdict the same way whatever happened."""
+    return {"healthy": False, "reason": reason, "checks": [], "replicas": []}
+
+
+def _reason_of(check: Check) -> str:
+    return f"{check.service} {check.check}: {check.detail}"
 
 
 def healthy(checks: list[Check]) -> bool:
@@ -269,16 +282,16 @@ def _replica_from_prometheus(
     if isinstance(targets, str):
         # Not known to be down: Prometheus's own rows say what is wrong with it.
         return _replica_row(replica, UNKNOWN, targets, via=VIA_PROMETHEUS, required=False)
-    target = next(
-        (t for t in targets if t.get("labels", {}).get("instance") == replica.address), None
-    )
+    # Labelled by its address in compose (the container's IP), by its name locally (api-1).
+    known = (replica.address, replica.name)
+    target = next((t for t in targets if t.get("labels", {}).get("instance") in known), None)
     if target is None:
         detail = f"Prometheus has no scrape target at {replica.address}"
         return _replica_row(replica, DOWN, detail, via=VIA_PROMETHEUS)
     if target.get("health") != "up":
         detail = f"Prometheus cannot scrape {target.get('scrapeUrl')}: {_target_error(target)}"
         return _replica_row(replica, DOWN, detail, via=VIA_PROMETHEUS)
-    version = versions.get(replica.address)
+    version = versions.get(replica.address) or versions.get(replica.name)
     detail = f"serving model {version}" if version else "scraped by Prometheus"
     return _replica_row(replica, UP, detail, via=VIA_PROMETHEUS, version=version)
 

@@ -24,7 +24,7 @@ from calopsctl.paths import project_base
 from calopsctl.runtime import runtime_named, select_runtime
 from calopsctl.runtime.base import Replica, Runtime, StackSpec
 from calopsctl.secrets import GRAFANA_ADMIN_USER, grafana_admin_password, stored_password
-from calopsctl.services import API, MLFLOW, NAMES, PROMETHEUS, RuntimeChoice, by_name
+from calopsctl.services import API, GRAFANA, MLFLOW, NAMES, PROMETHEUS, RuntimeChoice, by_name
 from calopsctl.state import StackState, clear_state, load_state, save_state, state_path
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class UpOptions:
     model: str | None = None  # CALOPS_MODEL for the API; default: models:/NAME@ALIAS
     replicas: int | None = None  # API processes; None: 1, or whatever already runs
     allow_pickle: bool = False  # the API also loads pickled models (they can run code)
+    # The services whose port was asked for (option or variable), not left at its default:
+    # a running stack refuses those that differ from its own.
+    given_ports: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -68,6 +71,7 @@ def up(options: UpOptions, settings: CliSettings, say: Say) -> UpResult:
     if running is not None:
         state, runtime = running
         _refuse_other_replicas(state, options.replicas)
+        _refuse_other_ports(state, {name: options.ports[name] for name in options.given_ports})
         replicas = f", {state.replicas} API replicas" if state.replicas > 1 else ""
         say(
             f"The stack is already running ({state.runtime} runtime{replicas}, "
@@ -91,6 +95,20 @@ def _refuse_other_replicas(state: StackState, wanted: int | None) -> None:
     )
 
 
+def _refuse_other_ports(state: StackState, asked: dict[str, int]) -> None:
+    """A running stack keeps its ports: a port asked for that differs is refused, not ignored."""
+    moved = [
+        f"{by_name(name).description} on {state.ports[name]}"
+        for name in NAMES
+        if name in asked and name in state.services and asked[name] != state.ports.get(name)
+    ]
+    if moved:
+        raise CalopsError(
+            f"The stack already runs with {' and '.join(moved)}; run `calops down` first to "
+            "change ports."
+        )
+
+
 def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say) -> UpResult:
     """Start MLflow first, make sure the registry has a champion, then start the rest.
 
@@ -107,6 +125,7 @@ def _start(options: UpOptions, settings: CliSettings, runtime: Runtime, say: Say
             "--model with an artifacts folder."
         )
     check_ports(spec.ports, available.services)
+    spec = _with_grafana_login(spec, available.services, settings)
     spec.artifacts.mkdir(parents=True, exist_ok=True)  # bind-mounted into the API container
     state = StackState(
         runtime=runtime.name,
@@ -173,6 +192,14 @@ def _running_stack(settings: CliSettings, say: Say) -> tuple[StackState, Runtime
     return None
 
 
+def _with_grafana_login(spec: StackSpec, services: list[str], settings: CliSettings) -> StackSpec:
+    """``spec`` with Grafana's admin password when Grafana runs: only then is one generated
+    and stored (a stack without Grafana has no login to keep)."""
+    if GRAFANA.name not in services:
+        return spec
+    return replace(spec, grafana_password=grafana_admin_password(settings))
+
+
 def _spec(options: UpOptions, settings: CliSettings) -> StackSpec:
     from calopsctl.training import serving_names
 
@@ -181,7 +208,6 @@ def _spec(options: UpOptions, settings: CliSettings) -> StackSpec:
         ports=dict(options.ports),
         artifacts=artifacts,
         model=options.model or f"{MODELS_SCHEME}{name}@{alias}",
-        grafana_password=grafana_admin_password(settings),
         build=options.build,
         wait=options.wait,
         timeout=options.timeout,

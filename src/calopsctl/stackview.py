@@ -106,10 +106,12 @@ def show_info(data: dict[str, Any]) -> None:
 
 
 def _model_line(model: dict[str, Any]) -> str:
+    """Every value whole: a path or a sha256 cut short identifies nothing (a terminal wraps
+    the line instead)."""
     if "error" in model:
         return str(model["error"])
     keys = ("source", "version", "sha256", "created")
-    parts = [f"{key} {str(model[key])[:40]}" for key in keys if model.get(key)]
+    parts = [f"{key} {model[key]}" for key in keys if model.get(key)]
     return ", ".join(parts) or "unknown"
 
 

@@ -348,6 +348,7 @@ def test_report_lists_checks_and_replicas_apart() -> None:
     )  # fmt: skip
     report = health.report([Check("api", "/healthz", UP, "serving"), replica])
     assert report["healthy"] is False
+    assert report["reason"] == "api api-2: exited"
     assert [c["check"] for c in report["checks"]] == ["/healthz"]
     assert report["replicas"] == [
         {
@@ -360,6 +361,41 @@ def test_report_lists_checks_and_replicas_apart() -> None:
             "detail": "exited",
         }
     ]
+
+
+def test_report_of_a_healthy_stack_has_no_reason() -> None:
+    """Healthy: reason is None; an absent service or an optional row never makes one up."""
+    checks = [
+        Check("api", "/healthz", UP, "serving"),
+        Check("grafana", "-", ABSENT, "not installed", required=False),
+        Check("api", "api-2", DOWN, "not required", required=False),
+    ]
+    report = health.report(checks)
+    assert (report["healthy"], report["reason"]) == (True, None)
+
+
+def test_unchecked_report_has_the_keys_of_a_checked_one() -> None:
+    """Nothing to check (no stack): the same keys as a real report, unhealthy with the reason."""
+    report = health.unchecked("Nothing is up; run `calops up`.")
+    assert report.keys() == health.report([]).keys()
+    assert report == {
+        "healthy": False, "reason": "Nothing is up; run `calops up`.", "checks": [], "replicas": [],
+    }  # fmt: skip
+
+
+def test_replica_scraped_under_its_name_is_found() -> None:
+    """The local runtime labels each api target with the replica's name (api-1), not its
+    address: a replica read from Prometheus is found by either, with its model version."""
+    targets = _targets(_target("api", "up", instance="api-1"))
+    versions = _json(
+        200,
+        {"status": "success", "data": {"result": [
+            {"metric": {"instance": "api-1", "version": "calories/3"}, "value": [0, "1"]},
+        ]}},
+    )  # fmt: skip
+    client = _client({"/api/v1/targets": targets, "/api/v1/query": versions})
+    [row] = health.probe_replicas(client, [_in_network("api-1", "127.0.0.1:40001")], URL)
+    assert (row.status, row.model_version) == (UP, "calories/3")
 
 
 @pytest.mark.integration

@@ -527,6 +527,24 @@ def test_a_subfolder_reaches_the_stack(stack: Stack, weak: tuple[dict[str, Any],
     assert not (sub / "artifacts").exists()
 
 
+@needs_prometheus
+def test_the_api_is_scraped_by_name_and_keeps_its_port(stack: Stack) -> None:
+    """The real Prometheus labels the API target instance="api-1" (its port only in the scrape
+    URL, so another port after `down`/`up` continues the same series); `up` asking for another
+    API port while the stack runs is refused in one sentence, exit 1."""
+    body = httpx.get(f"{stack.url('prometheus')}/api/v1/targets?state=active", timeout=10).json()
+    api = [t for t in body["data"]["activeTargets"] if t["labels"]["job"] == "api"]
+    assert [(t["labels"]["instance"], t["scrapeUrl"]) for t in api] == [
+        ("api-1", f"{stack.url('api')}/metrics")
+    ]
+    moved = stack.cli("up", "--host-port", str(free_port()), "--no-wait")
+    assert moved.code == 1
+    assert moved.errors() == [
+        f"Error: The stack already runs with the API on {stack.ports['api']}; run `calops down` "
+        "first to change ports."
+    ]
+
+
 # ---------------------------------------------------------------- no tracking server (4)
 
 

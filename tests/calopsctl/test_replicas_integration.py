@@ -202,8 +202,8 @@ def test_prometheus_sums_the_replicas_exactly(stack: Stack, traffic: Traffic) ->
     prometheus = f"http://127.0.0.1:{stack.ports['prometheus']}"
     own = _own_ports(stack)
     targets = _api_targets(prometheus)
-    assert sorted(t["labels"]["instance"] for t in targets) == sorted(
-        f"127.0.0.1:{port}" for port in own.values()
+    assert sorted((t["labels"]["instance"], t["scrapeUrl"]) for t in targets) == sorted(
+        (name, f"http://127.0.0.1:{port}/metrics") for name, port in own.items()
     )
     requests = 'sum(app_requests_total{route="/predict",status="200"})'
     assert _settled(prometheus, requests, SENT) == SENT

@@ -60,9 +60,15 @@ def _container(
 class FakeCompose:
     """Records every call; answers like Compose would."""
 
-    def __init__(self, services: list[str], containers: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        services: list[str],
+        containers: list[Any] | None = None,
+        definitions: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.services = services
         self.containers = containers or []
+        self.definitions = definitions or {}  # service -> its compose model (image, build)
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.up_error: Exception | None = None
         self.installed = True
@@ -72,7 +78,7 @@ class FakeCompose:
         return self.installed
 
     def config(self, return_json: bool = False) -> dict[str, Any]:
-        return {"services": {name: {} for name in self.services}}
+        return {"services": {name: self.definitions.get(name, {}) for name in self.services}}
 
     def up(self, **kwargs: Any) -> None:
         self.calls.append(("up", kwargs))
@@ -104,17 +110,28 @@ class FakeContainers:
         return f"{container} started\n"
 
 
+class FakeImages:
+    """Stands in for DockerClient.image: the images this engine has."""
+
+    def __init__(self, present: set[str] | None = None) -> None:
+        self.present = present or set()
+
+    def exists(self, image: str) -> bool:
+        return image in self.present
+
+
 class FakeFactory:
     """Stands in for python_on_whales.DockerClient and keeps the arguments it was built with."""
 
     def __init__(self, compose: FakeCompose) -> None:
         self.compose = compose
         self.container = FakeContainers()
+        self.image = FakeImages()
         self.kwargs: list[dict[str, Any]] = []
 
     def __call__(self, **kwargs: Any) -> Any:
         self.kwargs.append(kwargs)
-        return SimpleNamespace(compose=self.compose, container=self.container)
+        return SimpleNamespace(compose=self.compose, container=self.container, image=self.image)
 
 
 def _spec(tmp_path: Path, model: str | None = None, replicas: int = 1) -> StackSpec:
@@ -474,6 +491,134 @@ def test_log_hints_name_a_command_that_works(tmp_path: Path) -> None:
     )
     assert runtime.log_hint(_state(), "api") == "calops logs api"
     assert runtime.log_hint(_state(), "prometheus") == "calops logs prometheus"
+
+
+# The images of stack/compose.yaml: the api's is built, the others are pulled.
+IMAGES: dict[str, dict[str, Any]] = {
+    "api": {"image": "calops/api:local", "build": {"context": ".."}},
+    "gateway": {"image": "haproxy:3.0.5-alpine"},
+    "redis": {"image": "redis:7.4.2-alpine"},
+    "prometheus": {"image": "prom/prometheus:v3.5.0"},
+    "grafana": {"image": "grafana/grafana:12.0.2"},
+    "mlflow": {"image": "ghcr.io/mlflow/mlflow:v3.17.2"},
+}
+EVERY_IMAGE = {str(definition["image"]) for definition in IMAGES.values()}
+NO_SUCH_HOST = (
+    'Error response from daemon: Get "https://registry-1.docker.io/v2/": dial tcp: lookup '
+    "registry-1.docker.io on 127.0.0.53:53: no such host"
+)
+PULL_DENIED = (
+    "Error response from daemon: pull access denied for calops-offline/debian, repository does "
+    "not exist or may require 'docker login': denied: requested access to the resource is denied"
+)
+WAYS_ON = (
+    "without an image registry, build the offline images with `bash stack/offline/prepare.sh` "
+    "and run `CALOPS_COMPOSE_FILES=stack/compose.offline.yaml calops up --runtime docker`, or "
+    "run the stack as local processes with `calops up --runtime local`."
+)
+
+
+def _failed_up(stderr: str | None) -> DockerException:
+    """What python-on-whales raises when `docker compose up` exits 1 (stderr None: Compose
+    wrote to the terminal, as python-on-whales's compose.up lets it)."""
+    command = ["docker", "compose", "up", "--build", "--detach", "--wait"]
+    return DockerException(command, 1, None, stderr.encode() if stderr is not None else None)
+
+
+def _pulling(
+    tmp_path: Path, error: DockerException, *, present: set[str], overrides: tuple[Path, ...] = ()
+) -> tuple[DockerRuntime, FakeCompose]:
+    compose = FakeCompose(COMPOSED, definitions=IMAGES)
+    compose.up_error = error
+    runtime, factory = _runtime(tmp_path, compose, overrides=overrides)
+    factory.image.present = present
+    return runtime, compose
+
+
+def test_unreachable_registry_names_the_images_and_the_ways_on(tmp_path: Path) -> None:
+    """Docker's "no such host" for the registry: one sentence naming the images of the step
+    that are not here (not the api's, which is built), why, and the two ways on, never
+    python-on-whales's account of the command."""
+    runtime, _ = _pulling(tmp_path, _failed_up(NO_SUCH_HOST), present={"redis:7.4.2-alpine"})
+    with pytest.raises(CalopsError) as caught:
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ["api", "prometheus"])
+    assert str(caught.value) == (
+        "Docker could not pull the images haproxy:3.0.5-alpine, prom/prometheus:v3.5.0 "
+        '(Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io on '
+        f"127.0.0.53:53: no such host); {WAYS_ON}"
+    )
+
+
+def test_uncaptured_compose_output_still_tells_a_pull_failure(tmp_path: Path) -> None:
+    """python-on-whales lets `compose up` write to the terminal (no stderr in the exception):
+    the step's pulled image missing from the engine is the sign, named with the ways on."""
+    runtime, _ = _pulling(tmp_path, _failed_up(None), present=set())
+    with pytest.raises(CalopsError) as caught:
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ["mlflow"])
+    message = str(caught.value)
+    assert message.startswith("Docker could not pull the image ghcr.io/mlflow/mlflow:v3.17.2 (")
+    assert message.endswith(WAYS_ON)
+    assert "The command executed was" not in message
+
+
+def test_pull_denied_with_the_offline_files_asks_for_prepare(tmp_path: Path) -> None:
+    """With compose.offline.yaml in use, a base image nobody built ("pull access denied") is
+    named from Docker's text and the way on is prepare.sh, or the local runtime."""
+    offline = (paths.stack_dir() / "compose.offline.yaml",)
+    runtime, _ = _pulling(tmp_path, _failed_up(PULL_DENIED), present=EVERY_IMAGE, overrides=offline)
+    with pytest.raises(CalopsError) as caught:
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ["prometheus"])
+    assert str(caught.value) == (
+        "Docker could not pull the image calops-offline/debian (pull access denied for "
+        "calops-offline/debian, repository does not exist or may require 'docker login': "
+        "denied: requested access to the resource is denied); build the offline images with "
+        "`bash stack/offline/prepare.sh` and run `calops up`, or run the stack as local "
+        "processes with `calops up --runtime local`."
+    )
+
+
+def test_a_pull_failure_after_a_started_step_says_down_first(tmp_path: Path) -> None:
+    """MLflow already runs from the first step: the ways on start with `calops down`, or the
+    next `calops up` would find a running stack."""
+    runtime, compose = _pulling(tmp_path, _failed_up(NO_SUCH_HOST), present=set())
+    compose.containers = [_container("mlflow")]
+    with pytest.raises(CalopsError) as caught:
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ["prometheus"])
+    assert "; run `calops down` to remove what started, then without an image registry" in str(
+        caught.value
+    )
+
+
+def test_a_failure_that_is_no_pull_keeps_compose_s_words(tmp_path: Path) -> None:
+    """Every image here and nothing unhealthy: not called a pull failure; with Compose's output
+    on the terminal the sentence points there, with its stderr it shows it."""
+    runtime, compose = _pulling(tmp_path, _failed_up(None), present=EVERY_IMAGE)
+    with pytest.raises(CalopsError) as caught:
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ["mlflow"])
+    assert str(caught.value) == (
+        "Docker Compose could not start the stack (exit code 1; see above)."
+    )
+    compose.up_error = _failed_up("Error response from daemon: driver failed programming")
+    with pytest.raises(CalopsError) as caught:
+        runtime.up(_spec(tmp_path), _state(), lambda state: None, ["mlflow"])
+    assert str(caught.value) == (
+        "Docker Compose could not start the stack:\n"
+        "Error response from daemon: driver failed programming"
+    )
+
+
+def test_no_grafana_password_is_invented_for_grafana_to_use(tmp_path: Path) -> None:
+    """Compose cannot read compose.yaml without GRAFANA_ADMIN_PASSWORD, so before `up` knows
+    Grafana runs an unguessable stand-in is written; `up` writes the real one."""
+    runtime, _ = _runtime(tmp_path, FakeCompose(ALL))
+    unknown = replace(_spec(tmp_path), grafana_password=None)
+    runtime.availability(unknown)
+    stand_in = compose_env(unknown)["GRAFANA_ADMIN_PASSWORD"]
+    assert len(stand_in) >= 20
+    assert stand_in != compose_env(unknown)["GRAFANA_ADMIN_PASSWORD"], "never the same twice"
+    assert "GRAFANA_ADMIN_PASSWORD=s3cret-pw" not in runtime.env_file.read_text()
+    runtime.up(_spec(tmp_path), _state(), lambda state: None, ["grafana"])
+    assert "GRAFANA_ADMIN_PASSWORD=s3cret-pw\n" in runtime.env_file.read_text()
 
 
 @pytest.mark.integration

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from calapi.errors import CalopsError
 from calapi.serving.server import port_free
 from calopsctl.paths import stack_dir
 from calopsctl.runtime import processes
@@ -41,6 +42,11 @@ def _spec(tmp_path: Path, replicas: int = 1) -> StackSpec:
 
 def _which(found: dict[str, str]) -> Callable[[str], str | None]:
     return found.get
+
+
+def _by_name(targets: Mapping[str, str]) -> list[dict[str, object]]:
+    """Job api's target groups: one per replica, labelled with its name, not its address."""
+    return [{"targets": [at], "labels": {"instance": name}} for name, at in targets.items()]
 
 
 def test_missing_binaries_are_absent_with_a_hint(tmp_path: Path) -> None:
@@ -135,8 +141,8 @@ def test_up_spawns_each_replica_with_its_log_and_records_its_port(
     assert saved[-1] == state.pids
     config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    targets = [f"127.0.0.1:{port}" for port in own.values()]
-    assert jobs["api"]["static_configs"] == [{"targets": targets}]
+    targets = {name: f"127.0.0.1:{port}" for name, port in own.items()}
+    assert jobs["api"]["static_configs"] == _by_name(targets)
 
 
 def test_mlflow_plan_uses_sqlite_and_serves_artifacts(tmp_path: Path) -> None:
@@ -206,7 +212,7 @@ def test_prometheus_config_scrapes_the_local_api(tmp_path: Path) -> None:
     assert "--web.listen-address=127.0.0.1:19091" in plan.argv
     config = yaml.safe_load(config_path.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert jobs["api"]["static_configs"] == [{"targets": ["127.0.0.1:18001"]}]
+    assert jobs["api"]["static_configs"] == _by_name({"api-1": "127.0.0.1:18001"})
     assert "dns_sd_configs" not in jobs["api"]  # the compose replicas' discovery is dropped
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:19091"]}]
     assert config["rule_files"] == RULES
@@ -219,14 +225,32 @@ def test_prometheus_config_scrapes_every_replica_on_its_own_port(tmp_path: Path)
     runtime.plans(_spec(tmp_path, replicas=3), ["api", "prometheus"], OWN_PORTS)
     config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    targets = ["127.0.0.1:28001", "127.0.0.1:28002", "127.0.0.1:28003"]
-    assert jobs["api"]["static_configs"] == [{"targets": targets}]
+    targets = {"api-1": "127.0.0.1:28001", "api-2": "127.0.0.1:28002", "api-3": "127.0.0.1:28003"}
+    assert jobs["api"]["static_configs"] == _by_name(targets)
     assert config["rule_files"] == RULES
+
+
+def test_api_instance_label_stays_across_host_ports(tmp_path: Path) -> None:
+    """The api target's instance label is the replica's name, whatever port it listens on:
+    after `down` and `up --host-port 8010` the per-process series (app_rolling_rmsle_5m)
+    continue under the same labels instead of a second series beside the old one."""
+    runtime = LocalRuntime(tmp_path, which=_which({"prometheus": "/usr/bin/prometheus"}))
+    labels = []
+    for port in (8000, 8010):
+        spec = replace(_spec(tmp_path), ports={**PORTS, "api": port})
+        runtime.plans(spec, ["api", "prometheus"])
+        config = yaml.safe_load((tmp_path / "prometheus" / "prometheus.yml").read_text())
+        [api] = [job for job in config["scrape_configs"] if job["job_name"] == "api"]
+        [group] = api["static_configs"]
+        assert group["targets"] == [f"127.0.0.1:{port}"]
+        labels.append(group["labels"])
+    assert labels == [{"instance": "api-1"}, {"instance": "api-1"}]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_generated_prometheus_config_passes_promtool(tmp_path: Path) -> None:
-    """promtool accepts the generated config (three replicas) with the shipped rule files."""
+    """promtool accepts the generated config (three replicas, each target group labelled with
+    its replica's name) with the shipped rule files."""
     runtime = LocalRuntime(tmp_path, which=_which({"prometheus": "/usr/bin/prometheus"}))
     runtime.plans(_spec(tmp_path, replicas=3), ["api", "prometheus"], OWN_PORTS)
     result = subprocess.run(
@@ -236,6 +260,16 @@ def test_generated_prometheus_config_passes_promtool(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_never_starts_without_a_password(tmp_path: Path) -> None:
+    """`calops up` sets the password only when Grafana runs; a spec without one is refused
+    rather than leave Grafana on its admin/admin default."""
+    runtime = LocalRuntime(tmp_path, which=_which({"grafana-server": "/usr/sbin/grafana-server"}))
+    unset = replace(_spec(tmp_path), grafana_password=None)
+    assert [plan.name for plan in runtime.plans(unset, ["api"])] == ["api-1"]
+    with pytest.raises(CalopsError, match="Grafana cannot start without an admin password"):
+        runtime.plans(unset, ["api", "grafana"])
 
 
 def test_grafana_provisioning_points_at_local_prometheus(tmp_path: Path) -> None:

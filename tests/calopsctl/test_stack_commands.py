@@ -609,3 +609,141 @@ def test_info_names_every_replica(fake_runtime: RecordingRuntime, serving_api: l
     ]
     text = runner.invoke(app, ["info"]).stdout
     assert f"API replicas: api-1 {serving_api[0]}, api-2 {serving_api[1]}" in text
+
+
+def test_health_json_without_a_stack_still_prints_the_verdict(
+    fake_runtime: RecordingRuntime, home: Path
+) -> None:
+    """health --json with nothing up: JSON on stdout (unhealthy, with the reason), the sentence
+    on stderr, exit 1; a script reads the same keys as from a checked stack."""
+    result = runner.invoke(app, ["health", "--json"])
+    assert result.exit_code == 1
+    reason = f"Nothing is up (no stack recorded in {home}); run `calops up`."
+    assert json.loads(result.stdout) == {
+        "healthy": False, "reason": reason, "checks": [], "replicas": [],
+    }  # fmt: skip
+    assert result.stderr.splitlines()[-1] == f"Error: {reason}"
+
+
+def test_health_json_of_a_healthy_stack_exits_zero_without_a_reason(
+    fake_runtime: RecordingRuntime, serving_api: list[str]
+) -> None:
+    """A healthy stack: health --json says healthy with no reason and exits 0."""
+    result = runner.invoke(app, ["health", "--json"])
+    assert result.exit_code == 0, result.output
+    assert {key: json.loads(result.stdout)[key] for key in ("healthy", "reason")} == {
+        "healthy": True, "reason": None,
+    }  # fmt: skip
+
+
+LONG_FOLDER = "/srv/calops/projects/calorie-expenditure/artifacts/runs/20250101T000000Z-abcdef"
+SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+@pytest.fixture
+def api_with_long_values(fake_runtime: RecordingRuntime, home: Path) -> Iterator[None]:
+    """A recorded stack whose API's /info names a model by a long path and its full sha256."""
+    model = {"source": LONG_FOLDER, "version": "calories/12", "sha256": SHA256,
+             "created": "2025-01-01T00:00:00+00:00"}  # fmt: skip
+    with serve_json({"/info": lambda: (200, {"model": model})}) as (url, _):
+        ports = {name: free_port() for name in NAMES}
+        ports["api"] = int(url.rpartition(":")[2])
+        save_state(home, StackState(runtime="local", ports=ports, services=["api"]))
+        fake_runtime.running = {"api": True}
+        yield
+
+
+@pytest.mark.usefixtures("api_with_long_values")
+def test_info_shows_long_values_whole() -> None:
+    """info prints the model's path and its 64-hex sha256 in full (nothing cut at 40
+    characters); --json has them too."""
+    text = runner.invoke(app, ["info"])
+    assert text.exit_code == 0, text.output
+    [line] = [line for line in text.stdout.splitlines() if line.startswith("model: ")]
+    assert line == (
+        f"model: source {LONG_FOLDER}, version calories/12, sha256 {SHA256}, "
+        "created 2025-01-01T00:00:00+00:00"
+    )
+    model = json.loads(runner.invoke(app, ["info", "--json"]).stdout)["model"]
+    assert (model["source"], model["sha256"]) == (LONG_FOLDER, SHA256)
+
+
+@pytest.mark.parametrize(
+    ("option", "sentence"),
+    [
+        ("--host-port", "the API on {api}"),
+        ("--mlflow-port", "the MLflow server on {mlflow}"),
+    ],
+)
+def test_up_on_a_running_stack_refuses_other_ports(
+    fake_runtime: RecordingRuntime,
+    ports: list[str],
+    model_in_place: Path,
+    option: str,
+    sentence: str,
+) -> None:
+    """A port option that differs from the running stack's is refused in one sentence, exit 1,
+    nothing started; the same port, or no option, reports the running stack as before."""
+    assert runner.invoke(app, ["up", *ports, "--no-wait"]).exit_code == 0
+    running = {flag.removeprefix("--").removesuffix("-port"): value
+               for flag, value in zip(ports[::2], ports[1::2], strict=True)}  # fmt: skip
+    running["api"] = running.pop("host")
+    other = runner.invoke(app, ["up", option, str(free_port()), "--no-wait"])
+    assert other.exit_code == 1
+    assert other.stderr.splitlines()[-1] == (
+        f"Error: The stack already runs with {sentence.format(**running)}; run `calops down` "
+        "first to change ports."
+    )
+    for again in ([option, ports[ports.index(option) + 1]], []):
+        result = runner.invoke(app, ["up", *again, "--no-wait"])
+        assert result.exit_code == 0, result.output
+        assert "The stack is already running (local runtime, started" in result.stderr
+    assert len(fake_runtime.started) == 1
+
+
+def test_a_port_variable_that_differs_is_refused_too(
+    fake_runtime: RecordingRuntime,
+    ports: list[str],
+    model_in_place: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HOST_PORT is the --host-port option: set to another port while the stack runs, `up`
+    refuses it rather than ignore it."""
+    assert runner.invoke(app, ["up", *ports, "--no-wait"]).exit_code == 0
+    monkeypatch.setenv("HOST_PORT", str(free_port()))
+    result = runner.invoke(app, ["up", "--no-wait"])
+    assert result.exit_code == 1
+    api = ports[ports.index("--host-port") + 1]
+    assert f"The stack already runs with the API on {api}; run `calops down`" in result.stderr
+
+
+def test_the_port_of_an_absent_service_is_not_refused(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path
+) -> None:
+    """A stack without Grafana has no Grafana port to keep: another --grafana-port reports the
+    running stack."""
+    fake_runtime.services = ["api", "prometheus", "mlflow"]
+    assert runner.invoke(app, ["up", *ports, "--no-wait"]).exit_code == 0
+    result = runner.invoke(app, ["up", "--grafana-port", str(free_port()), "--no-wait"])
+    assert result.exit_code == 0, result.output
+    assert "already running" in result.stderr
+
+
+def test_no_grafana_password_without_grafana(
+    fake_runtime: RecordingRuntime, ports: list[str], model_in_place: Path, home: Path
+) -> None:
+    """A stack without Grafana generates, stores and prints no Grafana password; with Grafana
+    the generated one is stored and shown."""
+    fake_runtime.services = ["api", "prometheus", "mlflow"]
+    result = runner.invoke(app, ["up", *ports, "--no-wait", "--json"])
+    assert result.exit_code == 0, result.output
+    assert not password_file(home).exists()
+    assert fake_runtime.started[0].grafana_password is None
+    rows = {row["service"]: row for row in json.loads(result.stdout)["services"]}
+    assert rows["grafana"]["credentials"] is None
+    info = json.loads(runner.invoke(app, ["info", "--json"]).stdout)
+    assert all(row["credentials"] is None for row in info["services"])
+    runner.invoke(app, ["down"])
+    fake_runtime.services = list(NAMES)
+    assert runner.invoke(app, ["up", *ports, "--no-wait"]).exit_code == 0
+    assert fake_runtime.started[1].grafana_password == password_file(home).read_text().strip()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from calapi.errors import CalopsError
 from calopsctl.application import settings
 from calopsctl.commands.serving import ALLOW_PICKLE_HELP
 from calopsctl.console import err, print_json
@@ -27,6 +28,13 @@ REPLICAS_HELP = (
     "itself. A running stack keeps its number: `calops down` first to change it."
 )
 SERVICE_CHOICES = f"{', '.join(NAMES[:-1])} or {NAMES[-1]}"
+# service -> the `calops up` parameter holding its port
+PORT_PARAMETERS = {
+    API.name: "host_port",
+    PROMETHEUS.name: "prometheus_port",
+    GRAFANA.name: "grafana_port",
+    MLFLOW.name: "mlflow_port",
+}
 
 
 def _say(message: str) -> None:
@@ -49,6 +57,15 @@ def _port_option(service: Service) -> Any:
         min=1,
         max=65535,
     )
+
+
+def _given(ctx: typer.Context, parameters: dict[str, str]) -> frozenset[str]:
+    """The keys of ``parameters`` whose option was given, on the command line or by its
+    variable, rather than left at its default."""
+    # By the source's name: Typer may bring its own copy of click's ParameterSource.
+    sources = {key: ctx.get_parameter_source(name) for key, name in parameters.items()}
+    given = {"COMMANDLINE", "ENVIRONMENT"}
+    return frozenset(key for key, source in sources.items() if getattr(source, "name", "") in given)
 
 
 def up(
@@ -88,7 +105,8 @@ def up(
     The API serves the registry alias (models:/calories@champion) from the stack's MLflow;
     on a fresh stack, MLflow starts first and the configured model is trained and registered.
     Refuses a taken port before starting anything.
-    A second `calops up` reports what already runs.
+    A second `calops up` reports what already runs; asked for other ports, it refuses
+    (`calops down` first).
 
     [bold]Examples[/]
       calops up
@@ -116,6 +134,7 @@ def up(
         model=model,
         replicas=replicas,
         allow_pickle=allow_pickle,
+        given_ports=_given(ctx, PORT_PARAMETERS),
     )
     result = stackops.up(options, cli, _say)
     rows = stackops.summary_rows(result, cli)
@@ -161,7 +180,8 @@ def health(
     ] = 0.0,
 ) -> None:
     """Check each service and each API replica, including that Prometheus scrapes every
-    replica; exit 1 if one is down.
+    replica; exit 1 if one is down. With --json the verdict is always on stdout, also when
+    nothing is up (healthy false and the reason).
 
     [bold]Examples[/]
       calops health
@@ -171,7 +191,12 @@ def health(
     from calopsctl import health as checks_module
     from calopsctl import stackops, stackview
 
-    _state, checks = stackops.stack_health(_stack_settings(ctx), wait)
+    try:
+        _state, checks = stackops.stack_health(_stack_settings(ctx), wait)
+    except CalopsError as exc:
+        if json:  # a script reads stdout: the verdict is there even when nothing could be checked
+            print_json(checks_module.unchecked(str(exc)))
+        raise
     if json:
         print_json(checks_module.report(checks))
     else:

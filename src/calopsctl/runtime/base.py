@@ -18,7 +18,8 @@ class StackSpec:
     ports: dict[str, int]
     artifacts: Path  # absolute host folder of run folders and the `current` pointer
     model: str  # CALOPS_MODEL for the API: models:/name@alias, or the artifacts folder
-    grafana_password: str
+    # Grafana's admin password; set by `calops up` only once it knows Grafana will run.
+    grafana_password: str | None = None
     build: bool = True
     wait: bool = True
     timeout: float = 180.0

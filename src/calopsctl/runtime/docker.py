@@ -13,6 +13,8 @@ api; the gateway is healthy only once it routes to every replica, so Compose's w
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,20 @@ COMPANIONS: Final = {API.name: ("redis", GATEWAY)}
 SERVICE_LABEL: Final = "com.docker.compose.service"
 NUMBER_LABEL: Final = "com.docker.compose.container-number"
 FAILED_STATES: Final = frozenset({"unhealthy", "exited", "dead"})
+OFFLINE_FILE: Final = "compose.offline.yaml"
+# What a registry that cannot be reached or refuses an image leaves in Docker's error text.
+REGISTRY_FAILURE: Final = re.compile(
+    r'https://[^"\s]+/v2/|pull access denied|manifest unknown|failed to resolve (reference|source)'
+    r"|toomanyrequests",
+    re.IGNORECASE,
+)
+# Where Docker's error text names the image it could not pull.
+UNPULLED_IMAGE: Final = (
+    re.compile(r"pull access denied for ([^\s,]+)"),
+    re.compile(r'failed to resolve (?:reference|source metadata for) "?([\w./-]+(?::[\w.-]+)?)'),
+    re.compile(r"manifest for (\S+) not found"),
+)
+DAEMON_PREFIX: Final = "Error response from daemon: "
 ClientFactory = Callable[..., Any]
 
 
@@ -67,7 +83,9 @@ def compose_files(overrides: Sequence[Path] = ()) -> list[Path]:
 def compose_env(spec: StackSpec) -> dict[str, str]:
     """The variables compose.yaml reads, from the spec of this `up`."""
     env = {service.port_env: str(spec.ports[service.name]) for service in SERVICES}
-    env["GRAFANA_ADMIN_PASSWORD"] = spec.grafana_password
+    # Compose refuses to read compose.yaml without a Grafana password, even with grafana left
+    # out (compose.offline.yaml); until `up` knows Grafana runs, one nobody knows stands in.
+    env["GRAFANA_ADMIN_PASSWORD"] = spec.grafana_password or secrets.token_urlsafe(18)
     env["CALOPS_ARTIFACTS"] = str(spec.artifacts)
     env["API_REPLICAS"] = str(spec.replicas)
     env["CALOPS_ALLOW_PICKLE"] = str(spec.allow_pickle).lower()
@@ -99,7 +117,7 @@ class DockerRuntime(Runtime):
         self.home = home
         self.overrides = tuple(overrides)
         self.client_factory = client_factory
-        self._defined: set[str] | None = None  # compose services, once read
+        self._config: dict[str, Any] | None = None  # the merged compose model, once read
 
     @property
     def env_file(self) -> Path:
@@ -137,6 +155,7 @@ class DockerRuntime(Runtime):
                 "from a clone of the repository, or pass --no-build with the image already built."
             )
         save(state)  # recorded first, so `calops down` can clean up a half-started stack
+        self._write_env(spec)  # with the Grafana password, now that `up` knows whether it runs
         started = with_companions(services, self._compose_services())
         try:
             with self._env_file_wins():
@@ -151,7 +170,7 @@ class DockerRuntime(Runtime):
                     wait_timeout=int(spec.timeout) if spec.wait else None,
                 )
         except _docker_exception() as exc:
-            raise CalopsError(self._failure(state, exc)) from None
+            raise CalopsError(self._failure(state, exc, started)) from None
 
     def down(self, state: StackState, *, volumes: bool) -> list[str]:
         running = [s for s, up in self.alive(state).items() if up]
@@ -209,11 +228,16 @@ class DockerRuntime(Runtime):
         return list(self._compose("list the containers", lambda c: c.ps(all=True)))
 
     def _compose_services(self) -> set[str]:
-        """The services the compose files define (read once per runtime)."""
-        if self._defined is None:
-            config = self._compose("read the compose files", lambda c: c.config(return_json=True))
-            self._defined = set(config.get("services", {}))
-        return self._defined
+        """The services the compose files define."""
+        return set(self._compose_config().get("services", {}))
+
+    def _compose_config(self) -> dict[str, Any]:
+        """The merged compose model (read once per runtime)."""
+        if self._config is None:
+            self._config = self._compose(
+                "read the compose files", lambda c: c.config(return_json=True)
+            )
+        return self._config or {}
 
     @contextmanager
     def _env_file_wins(self) -> Iterator[None]:
@@ -240,11 +264,19 @@ class DockerRuntime(Runtime):
         lines = "".join(f"{key}={value}\n" for key, value in compose_env(spec).items())
         write_private(self.env_file, lines)  # it holds the Grafana password
 
-    def _failure(self, state: StackState, exc: Exception) -> str:
-        """Which service failed to become healthy, with the end of its log."""
+    def _failure(self, state: StackState, exc: Exception, started: Sequence[str]) -> str:
+        """Which images could not be pulled, else which service failed to become healthy, with
+        the end of its log."""
+        unpulled = self._unpulled(exc, started)
+        if unpulled:
+            text = _error_text(exc)
+            return pull_failure(unpulled, text, offline=self._offline, down=self._any_running())
         unhealthy = self._unhealthy()
         if not unhealthy:
-            detail = (getattr(exc, "stderr", None) or str(exc)).strip()
+            detail = _error_text(exc)
+            if not detail:  # Compose wrote to the terminal itself: its own words are above
+                code = getattr(exc, "return_code", "?")
+                return f"Docker Compose could not start the stack (exit code {code}; see above)."
             return f"Docker Compose could not start the stack:\n{detail[-2000:]}"
         service, status = unhealthy[0]
         tail = self.log_tail(state, service)
@@ -252,6 +284,44 @@ class DockerRuntime(Runtime):
             f"Service {service} did not become healthy ({status}); last log lines:\n{tail}\n"
             "Fix it and run `calops up` again, or `calops down` to remove the stack."
         )
+
+    @property
+    def _offline(self) -> bool:
+        """True when compose.offline.yaml is among the overrides (images built, not pulled)."""
+        return any(path.name == OFFLINE_FILE for path in self.overrides)
+
+    def _unpulled(self, exc: Exception, started: Sequence[str]) -> list[str]:
+        """The images a failed `up` could not pull: named in Docker's error text, or pulled
+        images (``image:`` without ``build:``) still missing here; none when the text (if
+        Compose's output was captured) shows another failure."""
+        text = _error_text(exc)
+        if text and not REGISTRY_FAILURE.search(text):
+            return []
+        wanted = self._pulled_images(started)
+        named = [*images_named(text), *self._missing(wanted)]
+        if not named and text:  # a registry failure that names no image: those pulled
+            named = wanted
+        return list(dict.fromkeys(named))
+
+    def _pulled_images(self, services: Sequence[str]) -> list[str]:
+        """The images Compose pulls to start ``services``: those it does not build."""
+        defined: dict[str, Any] = self._compose_config().get("services", {})
+        found = [defined.get(service) or {} for service in services]
+        return [str(item["image"]) for item in found if item.get("image") and not item.get("build")]
+
+    def _missing(self, images: Sequence[str]) -> list[str]:
+        """The ``images`` this Docker engine does not have."""
+        try:
+            return [image for image in images if not self.client.image.exists(image)]
+        except _docker_exception():
+            return []
+
+    def _any_running(self) -> bool:
+        """Whether a container of the project runs (an earlier step's MLflow, say)."""
+        try:
+            return any(container.state.running for container in self._containers())
+        except CalopsError:
+            return False
 
     def _unhealthy(self) -> list[tuple[str, str]]:
         try:
@@ -267,6 +337,45 @@ class DockerRuntime(Runtime):
                 found.append((_service_of(container), status))
         # A service that failed first, before those left waiting for it ("created").
         return sorted(found, key=lambda item: item[1] not in FAILED_STATES)
+
+
+def images_named(text: str) -> list[str]:
+    """The images Docker's error text says it could not pull, in order, each once."""
+    found = [match.group(1) for pattern in UNPULLED_IMAGE for match in pattern.finditer(text)]
+    return list(dict.fromkeys(found))
+
+
+def registry_reason(text: str) -> str:
+    """The line of Docker's error text that says why the registry failed, else a summary."""
+    lines = [line.strip() for line in text.splitlines() if REGISTRY_FAILURE.search(line)]
+    if not lines:
+        return "no registry gave them and they are not on this machine"
+    return lines[-1].removeprefix(DAEMON_PREFIX).rstrip(".")
+
+
+def pull_failure(images: Sequence[str], text: str, *, offline: bool, down: bool = False) -> str:
+    """One sentence: which images could not be pulled, why, and the two ways on (after
+    `calops down` when ``down``: what already started would pass for a running stack)."""
+    plural = "s" * (len(images) > 1)
+    said = f"Docker could not pull the image{plural} {', '.join(images)} ({registry_reason(text)})"
+    first = "run `calops down` to remove what started, then " if down else ""
+    if offline:
+        docker = "build the offline images with `bash stack/offline/prepare.sh` and run `calops up`"
+    else:
+        docker = (
+            "without an image registry, build the offline images with "
+            f"`bash stack/offline/prepare.sh` and run `CALOPS_COMPOSE_FILES=stack/{OFFLINE_FILE} "
+            "calops up --runtime docker`"
+        )
+    return f"{said}; {first}{docker}, or run the stack as local processes with " + (
+        "`calops up --runtime local`."
+    )
+
+
+def _error_text(exc: Exception) -> str:
+    """What Docker wrote on stderr, when python-on-whales captured it ("" when Compose wrote to
+    the terminal itself): never python-on-whales's own account of the command it ran."""
+    return str(getattr(exc, "stderr", None) or "").strip()
 
 
 def env_file_keys(path: Path) -> list[str]:

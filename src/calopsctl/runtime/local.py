@@ -268,7 +268,7 @@ class LocalRuntime(Runtime):
             root / "prometheus.yml",
             spec.ports,
             services,
-            [f"{LOOPBACK}:{port}" for port in replica_ports.values()],
+            {name: f"{LOOPBACK}:{port}" for name, port in replica_ports.items()},
         )
         argv = [str(self._binary("prometheus")), f"--config.file={config}"]
         argv += [f"--storage.tsdb.path={root / 'data'}"]
@@ -306,6 +306,8 @@ def _prefixed(name: str, text: str) -> str:
 
 
 def _grafana_env(spec: StackSpec, root: Path, provisioning: Path) -> dict[str, str]:
+    if spec.grafana_password is None:  # never Grafana's admin/admin default
+        raise CalopsError("Grafana cannot start without an admin password; none was set.")
     return {
         "GF_SERVER_HTTP_ADDR": LOOPBACK,
         "GF_SERVER_HTTP_PORT": str(spec.ports["grafana"]),

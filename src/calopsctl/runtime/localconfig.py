@@ -8,13 +8,13 @@ rewritten rather than kept twice.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from calopsctl.services import LOOPBACK, NAMES
+from calopsctl.services import API, LOOPBACK, NAMES
 
 SELF_HOSTS = ("localhost", LOOPBACK)
 
@@ -39,13 +39,29 @@ def _rewrite_job(job: dict[str, Any], ports: dict[str, int], services: list[str]
     return any(static["targets"] for static in job.get("static_configs", []))
 
 
+def api_static_configs(api_targets: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One target group per API replica, its ``instance`` label the replica's name (api-1).
+
+    Not its address: the local ports change with every `calops up --host-port`, and an
+    address label would start new series beside the old ones (two values of every per-process
+    metric until the old go stale); by name, each replica's series simply continue.
+    """
+    return [
+        {"targets": [address], "labels": {"instance": name}}
+        for name, address in api_targets.items()
+    ]
+
+
 def prometheus_config(
-    shipped: Path, ports: dict[str, int], services: list[str], api_targets: Sequence[str] = ()
+    shipped: Path,
+    ports: dict[str, int],
+    services: list[str],
+    api_targets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The shipped prometheus.yml with loopback targets and rule files at their shipped paths.
 
-    Job ``api`` scrapes ``api_targets`` (each API replica on the port it alone listens on, so
-    every process is scraped and Prometheus sums them), by default the API port itself.
+    Job ``api`` scrapes ``api_targets`` (replica name -> the host:port it alone listens on, so
+    every process is scraped and Prometheus sums them), by default api-1 on the API port.
     """
     config: dict[str, Any] = yaml.safe_load(shipped.read_text(encoding="utf-8")) or {}
     jobs = [
@@ -55,11 +71,11 @@ def prometheus_config(
     ]
     if not any(job.get("job_name") == "api" for job in jobs):
         jobs.append({"job_name": "api", "static_configs": [{"targets": []}]})
-    targets = list(api_targets) or [f"{LOOPBACK}:{ports['api']}"]
+    targets = api_targets or {f"{API.name}-1": f"{LOOPBACK}:{ports[API.name]}"}
     for job in jobs:
         if job.get("job_name") == "api":
             job.pop("dns_sd_configs", None)  # compose finds its replicas through Docker's DNS
-            job["static_configs"] = [{"targets": targets}]
+            job["static_configs"] = api_static_configs(targets)
     config["scrape_configs"] = jobs
     config["rule_files"] = [
         str(shipped.resolve().parent / Path(rule).name) for rule in config.get("rule_files", [])
@@ -73,7 +89,7 @@ def write_prometheus_config(
     target: Path,
     ports: dict[str, int],
     services: list[str],
-    api_targets: Sequence[str] = (),
+    api_targets: Mapping[str, str] | None = None,
 ) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     config = prometheus_config(shipped, ports, services, api_targets)
