@@ -19,10 +19,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from calapi.errors import CalopsError
+from calapi.errors import CalopsError, validation_reason
 from calopsctl.project import DIRNAME, Home, locate
 
 AnySettings = TypeVar("AnySettings", bound=BaseSettings)
@@ -105,14 +104,4 @@ def build(settings_class: type[AnySettings], **given: Any) -> AnySettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or settings_class.__name__
-        raise CalopsError(f"Invalid setting {where}: {reason(first)}.") from None
-
-
-def reason(error: ErrorDetails) -> str:
-    """Why one pydantic error happened, in words: a validator's own sentence as it wrote it.
-
-    pydantic puts "Value error, " before what a validator's ValueError says; that prefix is
-    pydantic's, not the user's business.
-    """
-    cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
-    return str(cause or error["msg"]).rstrip(".")
+        raise CalopsError(f"Invalid setting {where}: {validation_reason(first)}.") from None

@@ -188,6 +188,23 @@ def test_port_out_of_range_is_a_usage_error(fake_runtime: RecordingRuntime) -> N
     assert fake_runtime.started == []
 
 
+@pytest.mark.parametrize("where", ["option", "env"])
+def test_unknown_runtime_lists_the_choices_in_one_sentence(
+    fake_runtime: RecordingRuntime, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """--runtime sideways (or CALOPS_RUNTIME=sideways): the value and the real choices, without
+    pydantic's "Value error" in front; nothing starts."""
+    argv = ["up", "--runtime", "sideways"] if where == "option" else ["up"]
+    if where == "env":
+        monkeypatch.setenv("CALOPS_RUNTIME", "sideways")
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2
+    words = " ".join(result.output.replace("│", " ").split())
+    assert "'sideways' is not one of auto, docker, local." in words
+    assert "Value error" not in words
+    assert fake_runtime.started == []
+
+
 @pytest.mark.parametrize(
     "argv", [["health"], ["info", "--json"], ["logs"], ["down"], ["up", "--no-wait"]]
 )

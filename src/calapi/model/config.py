@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from calapi.errors import ConfigError
+from calapi.errors import ConfigError, validation_reason
 
 
 class _Section(BaseModel):
@@ -94,10 +94,7 @@ def load_config(path: Path | None = None) -> TrainConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        # A validator's own sentence, without pydantic's "Value error, " in front.
-        reason = first.get("ctx", {}).get("error") if first["type"] == "value_error" else None
-        message = str(reason or first["msg"]).rstrip(".")
-        raise ConfigError(f"Config file {path}: {where}: {message}.") from None
+        raise ConfigError(f"Config file {path}: {where}: {validation_reason(first)}.") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

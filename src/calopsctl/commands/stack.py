@@ -14,7 +14,7 @@ import typer
 from calapi.errors import CalopsError
 from calopsctl.application import settings
 from calopsctl.commands.serving import ALLOW_PICKLE_HELP
-from calopsctl.console import err, print_json
+from calopsctl.console import err, one_of, print_json
 from calopsctl.project import describe
 from calopsctl.services import API, GRAFANA, MLFLOW, NAMES, PROMETHEUS, RuntimeChoice, Service
 
@@ -76,7 +76,8 @@ def up(
     grafana_port: Annotated[int, _port_option(GRAFANA)] = GRAFANA.default_port,
     mlflow_port: Annotated[int, _port_option(MLFLOW)] = MLFLOW.default_port,
     runtime: Annotated[
-        RuntimeChoice, typer.Option(help=RUNTIME_HELP, envvar="CALOPS_RUNTIME")
+        RuntimeChoice,
+        typer.Option(help=RUNTIME_HELP, envvar="CALOPS_RUNTIME", parser=one_of(RuntimeChoice)),
     ] = RuntimeChoice.AUTO,
     build: Annotated[bool, typer.Option(help="Rebuild the API image (docker runtime).")] = True,
     wait: Annotated[bool, typer.Option(help="Wait until every service is healthy.")] = True,
