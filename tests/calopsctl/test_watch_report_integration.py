@@ -151,7 +151,8 @@ def test_report_draws_every_panel_and_the_rmsle_history(fed: str, isolated_home:
         assert png.stat().st_size > 1000, png
         assert f'src="{png.name}"' in page
     (rmsle_png,) = folder.glob("*-rolling-rmsle-over-time.png")
-    assert colourful_pixels(rmsle_png) > 500
+    # A line of a few seconds in a 90 s chart; the no-data chart has no coloured pixel at all.
+    assert colourful_pixels(rmsle_png) > 100
     drawn = re.search(r"Rolling RMSLE over time</h2>.*?\"meta\">(\d+) series, (\d+) points", page)
     assert drawn is not None, page
     assert int(drawn[2]) >= 2 * ROUNDS  # the seconds the fixture waited for, at a 1 s step
