@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,10 +28,42 @@ DASHBOARD = STACK / "grafana" / "dashboards" / "calops.json"
 DATASOURCES = STACK / "grafana" / "provisioning" / "datasources" / "prometheus.yaml"
 PROMETHEUS_CONFIG = STACK / "prometheus" / "prometheus.yml"
 ALERT_RULES = STACK / "prometheus" / "alerts.yml"
+RECORDING_RULES = STACK / "prometheus" / "recording.yml"
 DATASOURCE_UID = "calops-prometheus"
 
 # Grafana's interval variables, replaced by a concrete range before a query reaches Prometheus.
 GRAFANA_RANGES = ("$__rate_interval", "$__interval", "$__range")
+
+
+def local_prometheus_config(api_url: str, folder: Path, extra_rules: Sequence[Path] = ()) -> Path:
+    """The shipped prometheus.yml scraping ``api_url`` every second, with the shipped recording
+    and alert rules (and ``extra_rules``)."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(path) for path in (RECORDING_RULES, ALERT_RULES, *extra_rules)]
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        if job["job_name"] == "api":
+            job.pop("dns_sd_configs", None)  # the compose replicas, found through Docker's DNS
+            job["static_configs"] = [{"targets": [api_url.removeprefix("http://")]}]
+    path = folder / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@contextmanager
+def local_prometheus(api_url: str, folder: Path, extra_rules: Sequence[Path] = ()) -> Iterator[str]:
+    """Debian's prometheus on a free loopback port scraping ``api_url``; yields its URL."""
+    from support import free_port, running
+
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = [
+        "prometheus", f"--config.file={local_prometheus_config(api_url, folder, extra_rules)}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address={url.removeprefix('http://')}",
+    ]  # fmt: skip
+    with running(argv, ready_url=f"{url}/-/ready", log=folder / "prometheus.log"):
+        yield url
 
 
 def compose_binary() -> list[str] | None:

@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 
 from calopsctl.cli import app
 from calopsctl.panels import load_panels
-from stacktools import ALERT_RULES, PROMETHEUS_CONFIG, wait_for_query
-from support import free_port, running
+from stacktools import local_prometheus, wait_for_query
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,36 +43,14 @@ ALWAYS_FIRING = {
 }
 
 
-def prometheus_config(api_url: str, folder: Path) -> Path:
-    """The shipped prometheus.yml scraping ``api_url`` every second, with the shipped rules
-    and the always-firing alert."""
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    firing = folder / "firing.yml"
-    firing.write_text(yaml.safe_dump(ALWAYS_FIRING))
-    recording = PROMETHEUS_CONFIG.with_name("recording.yml")
-    config["rule_files"] = [str(recording), str(ALERT_RULES), str(firing)]
-    for job in config["scrape_configs"]:
-        job.pop("scrape_interval", None)
-        if job["job_name"] == "api":
-            job.pop("dns_sd_configs", None)  # compose's replicas, found through Docker's DNS
-            job["static_configs"] = [{"targets": [api_url.removeprefix("http://")]}]
-    path = folder / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
 def prometheus(live_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's prometheus on a free loopback port, scraping the live API each second."""
+    """Debian's prometheus on a free loopback port, scraping the live API each second, with
+    the shipped rules and an alert that always fires."""
     folder = tmp_path_factory.mktemp("prometheus")
-    url = f"http://127.0.0.1:{free_port()}"
-    argv = [
-        "prometheus", f"--config.file={prometheus_config(live_api, folder)}",
-        f"--storage.tsdb.path={folder / 'data'}",
-        f"--web.listen-address={url.removeprefix('http://')}",
-    ]  # fmt: skip
-    with running(argv, ready_url=f"{url}/-/ready", log=folder / "prometheus.log"):
+    firing = folder / "firing.yml"
+    firing.write_text(yaml.safe_dump(ALWAYS_FIRING))
+    with local_prometheus(live_api, folder, extra_rules=[firing]) as url:
         yield url
 
 

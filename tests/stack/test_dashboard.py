@@ -5,60 +5,32 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from stacktools import (
-    ALERT_RULES,
-    PROMETHEUS_CONFIG,
     dashboard_panels,
     instant_query,
     load_dashboard,
+    local_prometheus,
     unanswered_panels,
     wait_for_query,
 )
-from support import free_port, running
 
 pytestmark = pytest.mark.integration
 
 ROWS = 24
-RECORDING_RULES = PROMETHEUS_CONFIG.with_name("recording.yml")
 DRIFT_ROWS = 250  # above the API's default CALOPS_DRIFT_MIN_ROWS, so drift has a value
-
-
-def local_prometheus_config(api_url: str, folder: Path) -> Path:
-    """The shipped prometheus.yml pointed at ``api_url``, scraping every second."""
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(RECORDING_RULES), str(ALERT_RULES)]
-    for job in config["scrape_configs"]:
-        job.pop("scrape_interval", None)
-        if job["job_name"] == "api":
-            job.pop("dns_sd_configs", None)  # the compose replicas, found through Docker's DNS
-            job["static_configs"] = [{"targets": [api_url.removeprefix("http://")]}]
-    path = folder / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture(scope="module")
 def prometheus(live_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's prometheus on a free loopback port, scraping the live API each second."""
-    binary = shutil.which("prometheus")
-    if binary is None:
+    if shutil.which("prometheus") is None:
         pytest.skip("prometheus not found: install Debian's `prometheus` package")
-    folder = tmp_path_factory.mktemp("prometheus")
-    port = free_port()
-    argv = [
-        binary, f"--config.file={local_prometheus_config(live_api, folder)}",
-        f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-    ]  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    with running(argv, ready_url=f"{url}/-/ready", log=folder / "prometheus.log"):
+    with local_prometheus(live_api, tmp_path_factory.mktemp("prometheus")) as url:
         yield url
 
 
