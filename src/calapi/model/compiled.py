@@ -11,6 +11,7 @@ small-batch path.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -128,24 +129,24 @@ def _model_kernel() -> Callable[..., bool]:
         baseline: float,
         out: Any,
     ) -> bool:
+        # Scalar loops only: numba compiles a slice assignment or np.isfinite(...).all() in
+        # seconds, and every process that loads a model pays the compile.
         width = raw.shape[1]
         features = np.empty(width + 2)
         for row in range(raw.shape[0]):
-            features[:width] = raw[row]
-            sex, age, weight, duration, heart_rate = (
-                raw[row, 0],
-                raw[row, 1],
-                raw[row, 3],
-                raw[row, 4],
-                raw[row, 5],
+            finite = True
+            for column in range(width):
+                features[column] = raw[row, column]
+                finite = finite and math.isfinite(raw[row, column])
+            log_rate, log_kcal = terms(
+                raw[row, 0], raw[row, 1], raw[row, 3], raw[row, 4], raw[row, 5]
             )
-            log_rate, log_kcal = terms(sex, age, weight, duration, heart_rate)
+            if not (finite and math.isfinite(log_rate) and math.isfinite(log_kcal)):
+                return False
             features[width] = log_rate
             features[width + 1] = log_kcal
-            if not np.isfinite(features).all():
-                return False
             trees = tree_sum(features, roots, feature, threshold, children, value)
-            out[row] = np.expm1(log_kcal + baseline + trees)
+            out[row] = math.expm1(log_kcal + baseline + trees)
         return True
 
     kernel: Callable[..., bool] = numba.njit(nogil=True, cache=False)(model_rows)
