@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,16 @@ def _restore_environment() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+    if "mlflow" in sys.modules:
+        # ... and keep the URIs and the active experiment in globals, which win over the
+        # environment: a later test in the same worker would otherwise log to this one's store.
+        from mlflow.tracking import fluent
+        from mlflow.tracking._model_registry import utils as registry
+        from mlflow.tracking._tracking_service import utils as tracking
+
+        tracking._tracking_uri = None
+        registry._registry_uri = None
+        fluent._active_experiment_id = None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -85,3 +96,9 @@ def live_api(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     url = f"http://127.0.0.1:{port}"
     with running(api_argv(port), ready_url=f"{url}/readyz", env=env, log=log):
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests with real servers first: run in parallel (`nox -s tests` uses pytest-xdist, a
+    file per worker at a time), the slow files start at once and the quick ones fill the gaps."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)

@@ -24,6 +24,17 @@ def pending_bytes(db: Path) -> int:
         )
 
 
+async def written(db: Path, key: str, timeout: float = 10.0) -> None:
+    """Wait until the writer has flushed the prediction ``key`` (a flush may lag under load)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        with sqlite3.connect(db) as connection:
+            if connection.execute("SELECT 1 FROM pending WHERE id = ?", (key,)).fetchone():
+                return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{key} was not written to {db} within {timeout} s")
+
+
 async def test_ids_longer_than_the_cap_are_422_everywhere(trained_model_dir: Path) -> None:
     """A 129-character id is refused by the fast path, the validated path, batches and
     /feedback alike; 128 characters are fine."""
@@ -58,7 +69,7 @@ async def test_hostile_batches_cannot_push_the_log_past_its_byte_bound(
             rows = [row(id=f"{batch:02d}{n:0126d}") for n in range(10_000)]
             response = await client.post("/predict", json={"instances": rows})
             assert response.status_code == 200
-            await asyncio.sleep(0.1)  # past one flush
+            await written(db, rows[-1]["id"])
             assert 0 < pending_bytes(db) <= bound
         newest = {"id": f"09{9999:0126d}", "Calories": 100.0}
         assert (await client.post("/feedback", json=newest)).status_code == 200
