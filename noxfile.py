@@ -18,7 +18,11 @@ SRC = ["src", "tests", "noxfile.py", "bench"]
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (real uvicorn, mlflow server and prometheus on loopback)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not docker", *session.posargs)
+    # A file per worker at a time (module-scoped servers start once), one worker more than
+    # cores: the integration tests spend part of their time waiting on the servers they run.
+    # `nox -s tests -- -n 0` runs serially.
+    workers = str((os.cpu_count() or 1) + 1)
+    session.run("pytest", "-m", "not docker", "-n", workers, "--dist", "loadfile", *session.posargs)
 
 
 @nox.session
