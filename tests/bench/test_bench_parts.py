@@ -196,13 +196,22 @@ def test_parse_stat_skips_a_command_name_with_spaces_and_parentheses() -> None:
 
 
 def test_group_cpu_seconds_grows_with_work() -> None:
-    """CPU seconds of this test's process group are read from /proc and increase with work."""
-    group = os.getpgid(0)
-    before = servers.group_cpu_seconds(group)
-    deadline = time.process_time() + 0.05
-    while time.process_time() < deadline:
-        pass
-    assert servers.group_cpu_seconds(group) > before
+    """CPU seconds of a process group are read from /proc and increase with its work (a group
+    of its own: this test's group holds other workers and children that come and go)."""
+    burn = "import sys, time\nsys.stdin.readline()\nend = time.process_time() + 0.3\n"
+    burn += "while time.process_time() < end: pass\ntime.sleep(60)\n"
+    argv = [sys.executable, "-c", burn]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True) as process:
+        try:
+            idle = servers.group_cpu_seconds(process.pid)
+            process.stdin.write(b"go\n")  # type: ignore[union-attr]
+            process.stdin.flush()  # type: ignore[union-attr]
+            deadline = time.monotonic() + 30
+            while (spent := servers.group_cpu_seconds(process.pid)) < idle + 0.3:
+                assert time.monotonic() < deadline, f"the group's CPU stayed at {spent} s"
+                time.sleep(0.05)
+        finally:
+            process.kill()
 
 
 def test_cpu_per_request_and_its_ratios() -> None:
