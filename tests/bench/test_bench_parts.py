@@ -198,7 +198,7 @@ def test_parse_stat_skips_a_command_name_with_spaces_and_parentheses() -> None:
 def test_group_cpu_seconds_grows_with_work() -> None:
     """CPU seconds of a process group are read from /proc and increase with its work (a group
     of its own: this test's group holds other workers and children that come and go)."""
-    burn = "import sys, time\nsys.stdin.readline()\nend = time.process_time() + 0.3\n"
+    burn = "import sys, time\nsys.stdin.readline()\nend = time.process_time() + 0.5\n"
     burn += "while time.process_time() < end: pass\ntime.sleep(60)\n"
     argv = [sys.executable, "-c", burn]
     with subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True) as process:
@@ -207,7 +207,8 @@ def test_group_cpu_seconds_grows_with_work() -> None:
             process.stdin.write(b"go\n")  # type: ignore[union-attr]
             process.stdin.flush()  # type: ignore[union-attr]
             deadline = time.monotonic() + 30
-            while (spent := servers.group_cpu_seconds(process.pid)) < idle + 0.3:
+            # /proc counts whole clock ticks: ask for most of the 0.5 s, not all of it.
+            while (spent := servers.group_cpu_seconds(process.pid)) < idle + 0.4:
                 assert time.monotonic() < deadline, f"the group's CPU stayed at {spent} s"
                 time.sleep(0.05)
         finally:
