@@ -284,16 +284,24 @@ def test_a_rejected_query_shows_in_its_panel(isolated_home: Path) -> None:
 def test_ctrl_c_ends_a_watch_quietly_with_exit_0(tmp_path: Path) -> None:
     """SIGINT while watching: exit 0, nothing on stderr but the line naming the Prometheus."""
     with serve_json(prometheus_routes(EMPTY)) as (url, asked):
-        argv = [sys.executable, "-c", "from calopsctl.cli import app; app()", "watch",
-                "--refresh", "0.5", "--prometheus", url]  # fmt: skip
+        # A shell's background job inherits SIGINT ignored, and Python then leaves it so: the
+        # child gets Python's own handler back, as it has when started from a terminal.
+        code = (
+            "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from calopsctl.cli import app; app()"
+        )
+        argv = [sys.executable, "-c", code, "watch", "--refresh", "0.5", "--prometheus", url]
         env = {**os.environ, "CALOPS_HOME": str(tmp_path / ".calops")}
-        watching = subprocess.Popen(argv, env=env, cwd=tmp_path, stderr=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, text=True)  # fmt: skip
-        deadline = time.monotonic() + 60
-        while asked.count("/api/v1/alerts") < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)  # two frames: the live loop runs
-        watching.send_signal(signal.SIGINT)
-        _out, stderr = watching.communicate(timeout=30)
+        with subprocess.Popen(argv, env=env, cwd=tmp_path, stderr=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, text=True) as watching:  # fmt: skip
+            try:
+                deadline = time.monotonic() + 60
+                while asked.count("/api/v1/alerts") < 2 and time.monotonic() < deadline:
+                    time.sleep(0.1)  # two frames: the live loop runs
+                watching.send_signal(signal.SIGINT)
+                _out, stderr = watching.communicate(timeout=30)
+            finally:
+                watching.kill()
     assert asked.count("/api/v1/alerts") >= 2
     assert watching.returncode == 0, stderr
     assert stderr.strip() == f"Prometheus: {url} (from --prometheus)."
