@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +130,27 @@ def test_plan_is_reproducible_with_a_seed() -> None:
     chosen = np.concatenate([r.feedback for r in first])
     assert np.array_equal(chosen, np.concatenate([r.feedback for r in second]))
     assert 0.25 < chosen.mean() < 0.35
+
+
+def test_synthetic_rows_match_the_generator_and_need_no_pandas() -> None:
+    """The pool holds generate()'s rows, shuffled; building it never imports pandas."""
+    from calapi.model.synthetic import generate
+
+    pool = load_pool(None, rows_needed=500, seed=3, need_truth=True)
+    frame = generate(500, 3)
+    order = np.random.default_rng(3).permutation(500)
+    block = pool.take(0, 500)
+    assert block.sex.tolist() == frame["Sex"].to_numpy()[order].tolist()
+    assert np.array_equal(block.numeric, frame[list(NUMERIC_FEATURES)].to_numpy()[order])
+    assert np.array_equal(block.truth, frame["Calories"].to_numpy()[order])
+    code = (
+        "import sys; from calopsctl.simulator.rows import load_pool; "
+        "load_pool(None, rows_needed=50, seed=1, need_truth=True); "
+        "print('pandas' in sys.modules)"
+    )
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, timeout=120)  # fmt: skip
+    assert imported.stdout.strip() == "False"
 
 
 def test_csv_without_calories_is_refused_when_feedback_is_wanted(tmp_path: Path) -> None:

@@ -26,10 +26,9 @@ to learn. On top comes person-to-person noise, a log-normal factor whose spread 
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import pandas as pd
 
 from calapi.model.features import (
     FEATURES,
@@ -39,6 +38,9 @@ from calapi.model.features import (
     keytel_kcal,
     sex_labels,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # About half the sessions of the real data are men's.
 MALE_SHARE: Final = 0.5
@@ -71,23 +73,33 @@ def generate(
 
     The features depend on ``seed`` only; ``noise`` changes Calories alone.
     """
+    import pandas as pd
+
+    return pd.DataFrame(columns(n, seed, first_id=first_id, noise=noise))
+
+
+def columns(
+    n: int, seed: int = 42, *, first_id: int = 0, noise: str | float = DEFAULT_NOISE
+) -> dict[str, np.ndarray]:
+    """``generate``'s sessions as numpy columns in its order, without pandas (the simulator
+    starts faster for it)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     sigma = noise_sigma(noise)
     rng = np.random.default_rng(seed)
     male = rng.random(n) < MALE_SHARE
-    frame = pd.DataFrame({"id": np.arange(first_id, first_id + n, dtype=np.int64)})
-    frame["Sex"] = sex_labels(male.astype(np.float64))
-    frame["Age"] = _ages(rng, n)
-    frame["Height"], frame["Weight"] = _bodies(rng, male)
+    data: dict[str, np.ndarray] = {"id": np.arange(first_id, first_id + n, dtype=np.int64)}
+    data["Sex"] = sex_labels(male.astype(np.float64)).astype(object)
+    data["Age"] = _ages(rng, n)
+    data["Height"], data["Weight"] = _bodies(rng, male)
     duration = rng.integers(1, 31, size=n).astype(np.float64)
-    frame["Duration"] = duration
-    frame["Heart_Rate"] = _heart_rates(rng, duration)
-    frame["Body_Temp"] = _body_temps(rng, duration)
+    data["Duration"] = duration
+    data["Heart_Rate"] = _heart_rates(rng, duration)
+    data["Body_Temp"] = _body_temps(rng, duration)
     factor = np.exp(rng.normal(0.0, 1.0, size=n) * sigma)
-    raw = np.column_stack((male.astype(np.float64), frame[list(FEATURES[1:])].to_numpy()))
-    frame[TARGET] = _clip(np.round(true_calories(raw) * factor), TARGET)
-    return frame[["id", *FEATURES, TARGET]]
+    raw = np.column_stack((male.astype(np.float64), *(data[name] for name in FEATURES[1:])))
+    data[TARGET] = _clip(np.round(true_calories(raw) * factor), TARGET)
+    return {name: data[name] for name in ("id", *FEATURES, TARGET)}
 
 
 def true_calories(raw: FloatArray) -> FloatArray:

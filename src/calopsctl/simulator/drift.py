@@ -36,6 +36,10 @@ class RowBlock:
     def __len__(self) -> int:
         return int(self.numeric.shape[0])
 
+    def take(self, index: np.ndarray) -> RowBlock:
+        """The rows at ``index``, in its order."""
+        return RowBlock(sex=self.sex[index], numeric=self.numeric[index], truth=self.truth[index])
+
 
 def ramp(times: FloatArray, start: float, full: float) -> FloatArray:
     """Drift strength in [0, 1]: 0 before ``start``, linear to 1 at ``full``, then 1."""

@@ -37,29 +37,31 @@ class RowPool:
     def take(self, first: int, n: int) -> RowBlock:
         """Rows ``first .. first + n - 1`` of the endless cycle over the pool."""
         index = np.arange(first, first + n) % len(self.rows)
-        return RowBlock(
-            sex=self.rows.sex[index],
-            numeric=self.rows.numeric[index],
-            truth=self.rows.truth[index],
-        )
+        return self.rows.take(index)
 
 
 def load_pool(data: Path | None, *, rows_needed: int, seed: int, need_truth: bool) -> RowPool:
     """The rows of ``data`` (truth required when ``need_truth``) or synthetic ones, shuffled."""
     if data is None:
-        from calapi.model.synthetic import generate
+        from calapi.model.synthetic import columns
 
-        frame = generate(min(rows_needed, MAX_SYNTHETIC_POOL), seed)
+        # numpy columns, not a DataFrame: the simulator never imports pandas for them.
+        generated = columns(min(rows_needed, MAX_SYNTHETIC_POOL), seed)
+        block = RowBlock(
+            sex=generated["Sex"],
+            numeric=np.column_stack([generated[name] for name in NUMERIC_FEATURES]),
+            truth=generated[TARGET].astype(np.float64),
+        )
         source = f"synthetic (seed {seed})"
     else:
         from calapi.model.data import read_rows
 
-        frame = read_rows(data, require_target=need_truth)
+        block = _block(read_rows(data, require_target=need_truth))
         source = str(data)
-    if len(frame) == 0:
+    if len(block) == 0:
         raise DataError(f"{data} has no data rows; pass a CSV with at least one row.")
-    order = np.random.default_rng(seed).permutation(len(frame))
-    return RowPool(rows=_block(frame.iloc[order]), source=source)
+    order = np.random.default_rng(seed).permutation(len(block))
+    return RowPool(rows=block.take(order), source=source)
 
 
 def _block(frame: pd.DataFrame) -> RowBlock:
