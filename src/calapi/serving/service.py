@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from prometheus_client import Histogram, Summary
 
@@ -14,6 +16,11 @@ from calapi.serving.batching import MicroBatcher
 from calapi.serving.parsing import ParsedRows
 from calapi.serving.predlog import Outcome, PredictionLog, UnknownIdError
 from calapi.serving.schemas import RowId
+
+# How long /feedback keeps asking for an id no process has written yet: the log's settle time
+# plus this many times the first lookup's own trip through the log, at most the maximum.
+PATIENCE_TRIPS: Final = 8
+MAX_PATIENCE_SECONDS: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +79,33 @@ class Feedback:
         """Raises UnknownIdError (unknown or expired id), AlreadyAnsweredError or
         LogUnavailableError.
 
-        An id unknown at first is asked for again once the log has settled: another process
-        may have made the prediction a moment ago and not written it yet.
+        An id unknown at first is asked for again: another process may have made the
+        prediction a moment ago and not written it yet. It asks once the log has settled,
+        then at doubling intervals for as long as a write can take now, judged by this
+        lookup's own trip through the log (on an idle machine about one settle time; on a busy
+        one, where the other process's writer waits for a core too, up to
+        MAX_PATIENCE_SECONDS).
         """
         key = log_key(row_id)
+        started = time.monotonic()
         try:
             outcome = await self._log.answer(key, actual)
         except UnknownIdError:
-            await asyncio.sleep(self._log.settle_seconds)
-            outcome = await self._log.answer(key, actual)
+            outcome = await self._ask_again(key, actual, time.monotonic() - started)
         self._lag.observe(outcome.lag_seconds)
         self._errors.observe(outcome.squared_log_error)
         return outcome
+
+    async def _ask_again(self, key: str, actual: float, trip: float) -> Outcome:
+        settle = self._log.settle_seconds
+        patience = max(settle, min(settle + PATIENCE_TRIPS * trip, MAX_PATIENCE_SECONDS))
+        waited, delay = 0.0, settle
+        while True:
+            await asyncio.sleep(delay)
+            waited += delay
+            try:
+                return await self._log.answer(key, actual)
+            except UnknownIdError:
+                if waited >= patience - 1e-9:
+                    raise
+            delay = min(2 * delay, patience - waited)

@@ -4,13 +4,17 @@ feedback that waits for another process's write, /info naming the log."""
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, Summary
 
 from api_support import api_client, routed_client, row, sample
-from calapi.serving.predlog import MAX_ID_CHARS
+from calapi.serving.predlog import MAX_ID_CHARS, Outcome, UnknownIdError
+from calapi.serving.service import MAX_PATIENCE_SECONDS, PATIENCE_TRIPS, Feedback
 
 pytestmark = pytest.mark.anyio
 
@@ -104,3 +108,57 @@ async def test_info_names_the_prediction_log_and_its_bounds(
     assert log["location"] == str(db)
     assert log["max_age_seconds"] == 3600.0
     assert log["max_bytes"] == 256 * 1024 * 1024
+
+
+class LateLog:
+    """A prediction log where another process's row shows ``visible_after`` s from creation,
+    and every lookup takes ``trip`` s (a busy machine's writer waits for a core)."""
+
+    settle_seconds = 0.05
+
+    def __init__(self, *, visible_after: float, trip: float) -> None:
+        self.visible_after = visible_after
+        self.trip = trip
+        self.started = time.monotonic()
+        self.asked: list[float] = []
+
+    async def answer(self, key: str, actual: float) -> Outcome:
+        await asyncio.sleep(self.trip)
+        self.asked.append(time.monotonic() - self.started)
+        if self.asked[-1] < self.visible_after:
+            raise UnknownIdError(key)
+        return Outcome(100.0, actual, 1.0, 0.0, "v1")
+
+
+def feedback_on(log: LateLog) -> Feedback:
+    registry = CollectorRegistry()
+    return Feedback(
+        log,  # type: ignore[arg-type]
+        Histogram("lag", "lag", registry=registry),
+        Summary("error", "error", registry=registry),
+    )
+
+
+async def test_an_unknown_id_on_an_idle_machine_is_404_about_one_settle_time_later() -> None:
+    """Fast lookups: a truly unknown id is asked for a second (at most a third) time and is
+    404 about one settle time later, not after the busy machine's patience."""
+    log = LateLog(visible_after=math.inf, trip=0.001)
+    with pytest.raises(UnknownIdError):
+        await feedback_on(log).answer("nobody", 90.0)
+    assert 2 <= len(log.asked) <= 3
+    assert log.asked[-1] < 3 * log.settle_seconds
+
+
+async def test_a_busy_machine_waits_longer_for_another_process_s_write() -> None:
+    """Slow lookups (30 ms): a row written 0.25 s late is still matched, by a few more asks;
+    an id that never shows is given up on within the bound."""
+    late = LateLog(visible_after=0.25, trip=0.03)
+    outcome = await feedback_on(late).answer("made-elsewhere", 90.0)
+    assert outcome.actual == 90.0
+    assert 2 < len(late.asked) <= 6
+    never = LateLog(visible_after=math.inf, trip=0.03)
+    with pytest.raises(UnknownIdError):
+        await feedback_on(never).answer("nobody", 90.0)
+    patience = never.settle_seconds + PATIENCE_TRIPS * 0.03
+    assert patience - 0.05 <= never.asked[-1] <= patience + 0.3
+    assert never.asked[-1] <= MAX_PATIENCE_SECONDS + 0.3
