@@ -6,6 +6,7 @@ sending loop only takes the next ready-made request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -46,12 +47,7 @@ def load_pool(data: Path | None, *, rows_needed: int, seed: int, need_truth: boo
         from calapi.model.synthetic import columns
 
         # numpy columns, not a DataFrame: the simulator never imports pandas for them.
-        generated = columns(min(rows_needed, MAX_SYNTHETIC_POOL), seed)
-        block = RowBlock(
-            sex=generated["Sex"],
-            numeric=np.column_stack([generated[name] for name in NUMERIC_FEATURES]),
-            truth=generated[TARGET].astype(np.float64),
-        )
+        block = _block(columns(min(rows_needed, MAX_SYNTHETIC_POOL), seed))
         source = f"synthetic (seed {seed})"
     else:
         from calapi.model.data import read_rows
@@ -64,14 +60,10 @@ def load_pool(data: Path | None, *, rows_needed: int, seed: int, need_truth: boo
     return RowPool(rows=block.take(order), source=source)
 
 
-def _block(frame: pd.DataFrame) -> RowBlock:
+def _block(table: pd.DataFrame | Mapping[str, np.ndarray]) -> RowBlock:
+    """A DataFrame's or the generator's columns as a RowBlock (truth NaN without Calories)."""
+    numeric = np.column_stack([np.asarray(table[name], np.float64) for name in NUMERIC_FEATURES])
     truth = (
-        frame[TARGET].to_numpy(dtype=np.float64)
-        if TARGET in frame.columns
-        else np.full(len(frame), np.nan)
+        np.asarray(table[TARGET], np.float64) if TARGET in table else np.full(len(numeric), np.nan)
     )
-    return RowBlock(
-        sex=frame["Sex"].to_numpy(dtype=object),
-        numeric=frame[list(NUMERIC_FEATURES)].to_numpy(dtype=np.float64),
-        truth=truth,
-    )
+    return RowBlock(sex=np.asarray(table["Sex"], object), numeric=numeric, truth=truth)
