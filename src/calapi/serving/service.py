@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 import time
@@ -97,15 +98,24 @@ class Feedback:
         return outcome
 
     async def _ask_again(self, key: str, actual: float, trip: float) -> Outcome:
-        settle = self._log.settle_seconds
-        patience = max(settle, min(settle + PATIENCE_TRIPS * trip, MAX_PATIENCE_SECONDS))
-        waited, delay = 0.0, settle
-        while True:
+        *retries, last = ask_delays(self._log.settle_seconds, trip)
+        for delay in retries:
             await asyncio.sleep(delay)
-            waited += delay
-            try:
+            with contextlib.suppress(UnknownIdError):
                 return await self._log.answer(key, actual)
-            except UnknownIdError:
-                if waited >= patience - 1e-9:
-                    raise
-            delay = min(2 * delay, patience - waited)
+        await asyncio.sleep(last)
+        return await self._log.answer(key, actual)
+
+
+def ask_delays(settle: float, trip: float) -> list[float]:
+    """The waits before each further ask for an unknown id, given the log's settle time and
+    the first lookup's trip: the settle time, then doubling, until the patience is spent
+    (the settle time plus PATIENCE_TRIPS trips, at most MAX_PATIENCE_SECONDS)."""
+    patience = max(settle, min(settle + PATIENCE_TRIPS * trip, MAX_PATIENCE_SECONDS))
+    delays: list[float] = []
+    waited, delay = 0.0, settle
+    while waited < patience - 1e-9:
+        delays.append(delay)
+        waited += delay
+        delay = min(2 * delay, patience - waited)
+    return delays
