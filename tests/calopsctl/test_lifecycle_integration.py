@@ -158,17 +158,13 @@ def finish(process: subprocess.Popen[str], *, timeout: float = 240.0) -> Ran:
         reader.start()
     try:
         code = process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(process)
+        ended = time.monotonic()
+    finally:
+        if process.poll() is None:  # timed out
+            stop(process, grace=5)
         for reader in readers:
             reader.join(timeout=10)
-        raise
-    ended = time.monotonic()
-    for reader in readers:
-        reader.join(timeout=10)
-    for stream in (process.stdout, process.stderr):
-        if stream is not None:
-            stream.close()
+        close_pipes(process)
     lines.sort(key=lambda item: item[0])
     return Ran(code, "".join(out), "".join(err), lines, started, ended)
 
@@ -181,6 +177,10 @@ def kill_group(process: subprocess.Popen[Any]) -> None:
     """Stop a process started here and everything it started (its own process group)."""
     if process.poll() is None:
         stop(process, grace=5)
+    close_pipes(process)
+
+
+def close_pipes(process: subprocess.Popen[Any]) -> None:
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
