@@ -114,8 +114,8 @@ def ask_delays(settle: float, trip: float) -> list[float]:
     patience = max(settle, min(settle + PATIENCE_TRIPS * trip, MAX_PATIENCE_SECONDS))
     delays: list[float] = []
     waited, delay = 0.0, settle
-    while waited < patience - 1e-9:
+    while delay > 0 and waited < patience - 1e-9:
         delays.append(delay)
         waited += delay
         delay = min(2 * delay, patience - waited)
-    return delays
+    return delays or [0.0]  # a log that settles at once: ask once more, now

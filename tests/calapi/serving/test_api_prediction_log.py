@@ -154,6 +154,7 @@ def test_on_a_busy_machine_the_asks_double_for_longer_up_to_the_bound() -> None:
     assert sum(capped) == pytest.approx(MAX_PATIENCE_SECONDS)
     assert all(b <= 2 * a for a, b in itertools.pairwise(capped))
     assert ask_delays(0.05, 0.0) == [0.05]  # never less than one settle time
+    assert ask_delays(0.0, 0.03) == [0.0]  # a log that settles at once: one more ask
 
 
 async def test_an_id_no_process_wrote_is_unknown_after_the_asks() -> None:
