@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -70,7 +71,7 @@ def running(
             sink.close()  # type: ignore[union-attr]
 
 
-def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL it if it lingers."""
     if process.poll() is not None:
         return
