@@ -16,26 +16,29 @@ from typing import Any
 
 import httpx
 
-# Ports below the kernel's ephemeral range (32768 up), a block per pytest-xdist worker: the
-# kernel's "any free port" can hand one worker the port another worker has just been given and
-# not yet started its server on, and that server then answers the first worker's requests.
-PORT_BASE, PORT_BLOCK = 20000, 1500
+# Ports below the kernel's ephemeral range (32768 up), split into one block per pytest-xdist
+# worker: the kernel's "any free port" can hand one worker the port another worker has just
+# been given and not yet started its server on, and that server then answers the first
+# worker's requests.
+PORT_LOW, PORT_HIGH = 20000, 32000
 _handed_out = itertools.count()
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now and no other worker hands out."""
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 8
-    low = PORT_BASE + worker * PORT_BLOCK
-    for _ in range(PORT_BLOCK):
-        port = low + next(_handed_out) % PORT_BLOCK
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    block = (PORT_HIGH - PORT_LOW) // max(workers, 1)
+    low = PORT_LOW + worker * block
+    for _ in range(block):
+        port = low + next(_handed_out) % block
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:  # in use, or lingering from an earlier run
                 continue
             return port
-    raise RuntimeError(f"no free loopback port in {low}-{low + PORT_BLOCK - 1}")
+    raise RuntimeError(f"no free loopback port in {low}-{low + block - 1}")
 
 
 def wait_http(url: str, *, timeout: float = 30.0, ok: Sequence[int] = (200,)) -> httpx.Response:
